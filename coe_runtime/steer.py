@@ -1,0 +1,431 @@
+"""STEeR (Self-Taught Emotion Reasoning): one round of the STaR-style loop.
+
+A round runs after its own training step (planned separately, on ``memory-r(N-1)``). This step
+loads the round's adapter, writes a rationale + label for every example still in the pool, and
+accepts the rationales whose label is right: memory grows, the pool shrinks.
+
+The decision is the pure function :func:`accept` (tested without a model); :func:`run_steer_round`
+is the thin I/O layer around it: fetch inputs, generate, accept, publish (manifest last).
+
+Acceptance rule, stricter than "the parsed label is right": the generation must *end its
+rationale in a label tag* (``... <joyful>``) naming the gold label, with a non-empty rationale
+before it. A right label found only by the word/edit-distance fallback counts toward the pool
+accuracy but is not stored: memory entries must keep the seed format the next round trains on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from coe_runtime.answers import TAG_RE, parse_answer
+from coe_runtime.data import Example, read_examples, write_examples
+from coe_runtime.errors import DataError
+from coe_runtime.labels import LabelSet, get_label_set
+from coe_runtime.prompts import steer_target, with_hint
+from coe_runtime.step import GenerationSettings, SteerOptions, SteerRoundStep
+
+STOP_POOL_EMPTY = "pool_empty"
+STOP_FEW_ACCEPTED = "few_accepted"
+STOP_MAX_ROUNDS = "max_rounds"
+
+
+# --------------------------------------------------------------------------------------------
+# Pure logic
+# --------------------------------------------------------------------------------------------
+class GenOutputLike(Protocol):
+    text: str
+    n_new_tokens: int
+
+
+def gold_label(example: Example, label_set: LabelSet, source: str = "pool", line: int | None = None) -> str:
+    """The example's gold label (dataset spelling), checked against the label set it is judged with."""
+    label = example.meta.get("label")
+    if label is None:
+        raise DataError(
+            source,
+            line,
+            f"example {example.id!r} has no meta.label; expected a STEeR example with its gold label",
+        )
+    if label not in label_set.labels:
+        raise DataError(
+            source,
+            line,
+            f"example {example.id!r} has label {label!r}, not in label set {label_set.name!r} {list(label_set.labels)}; "
+            "the step's label_set must be the dataset's own",
+        )
+    return label
+
+
+def extract_rationale(text: str, label_set: LabelSet) -> tuple[str, str] | None:
+    """``(rationale, label)`` from a generation that ends its reasoning in a label tag.
+
+    The rationale is the text before the *first* tag naming a known label (generation stops at
+    the tag; anything after it is dropped), whitespace-collapsed. None when there is no such tag,
+    the rationale is empty, or a later tag names a different label (a self-contradicting answer).
+    """
+    names = {p.lower(): lab for p, lab in zip(label_set.prompt_names, label_set.labels, strict=True)}
+    tags = [
+        (m, names[m.group(1).strip().lower()])
+        for m in TAG_RE.finditer(text)
+        if m.group(1).strip().lower() in names
+    ]
+    if not tags:
+        return None
+    first, label = tags[0]
+    if any(other != label for _, other in tags[1:]):
+        return None
+    rationale = " ".join(text[: first.start()].split())
+    if not rationale:
+        return None
+    return rationale, label
+
+
+def memory_target(rationale: str, label: str, label_set: LabelSet) -> str:
+    """The memory format the seeds use: ``<rationale> <prompt-name>``."""
+    return steer_target(rationale, label, label_set)
+
+
+def hint_prompt(prompt: str, label: str, label_set: LabelSet) -> str:
+    """The prompt with the gold label given as a hint (STaR rationalization); only generation
+    sees it, memory keeps the hint-free prompt. The prompt builder reserved room for it."""
+    return with_hint(prompt, label_set.to_prompt(label))
+
+
+def selection_key(round_no: int, example_id: str) -> str:
+    """Deterministic, order- and rank-independent tie-break for the per-class cap (a seeded shuffle)."""
+    return hashlib.sha256(f"steer-r{round_no}:{example_id}".encode()).hexdigest()
+
+
+@dataclass
+class RoundResult:
+    accepted: list[Example]  # new memory entries (hint-free prompts), in pool order
+    remaining: list[Example]  # the next pool, in pool order
+    records: list[dict[str, Any]]  # one per pool example: what was generated and decided
+    per_class: dict[str, dict[str, int]]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def accept(
+    pool_examples: Sequence[Example],
+    generations: Sequence[str],
+    label_set: LabelSet,
+    options: SteerOptions,
+    *,
+    round_no: int = 1,
+    hint_generations: Mapping[str, str] | None = None,
+) -> RoundResult:
+    """Decide which pool examples join the memory this round.
+
+    ``generations[i]`` is the text generated for ``pool_examples[i]``; ``hint_generations`` maps
+    example id -> text generated with the gold label as a hint (only used when
+    ``options.rationalization``). Accepted examples keep the hint-free prompt. With
+    ``options.max_accept_per_class`` > 0, each class keeps at most that many: direct answers
+    before rationalized ones, then by :func:`selection_key`; the rest stay in the pool.
+    """
+    if len(generations) != len(pool_examples):
+        raise ValueError(f"{len(generations)} generations for {len(pool_examples)} pool examples")
+    hint_generations = hint_generations or {}
+    per_class = {
+        lab: {"pool": 0, "correct": 0, "accepted": 0, "rationalized": 0, "capped": 0}
+        for lab in label_set.labels
+    }
+    records: list[dict[str, Any]] = []
+    candidates: list[tuple[int, int, Example, str]] = []  # (priority, index, example, target)
+    for i, (ex, text) in enumerate(zip(pool_examples, generations, strict=True)):
+        gold = gold_label(ex, label_set)
+        per_class[gold]["pool"] += 1
+        parsed = parse_answer(text, label_set)
+        correct = parsed.label == gold
+        per_class[gold]["correct"] += correct
+        rec: dict[str, Any] = {
+            "id": ex.id,
+            "uid": ex.meta.get("uid"),
+            "gold": gold,
+            "text": text,
+            "parsed": parsed.label,
+            "method": parsed.method,
+            "correct": correct,
+            "accepted": False,
+            "via": None,
+        }
+        found = extract_rationale(text, label_set) if correct else None
+        if found is not None and found[1] == gold:
+            candidates.append((0, i, ex, memory_target(found[0], gold, label_set)))
+            rec["via"] = "direct"
+        elif options.rationalization and ex.id in hint_generations:
+            hint_text = hint_generations[ex.id]
+            hint_parsed = parse_answer(hint_text, label_set)
+            rec.update(hint_text=hint_text, hint_parsed=hint_parsed.label, hint_method=hint_parsed.method)
+            found = extract_rationale(hint_text, label_set)
+            if found is not None and found[1] == gold:
+                candidates.append((1, i, ex, memory_target(found[0], gold, label_set)))
+                rec["via"] = "rationalized"
+        records.append(rec)
+
+    chosen: dict[int, str] = {}
+    taken: Counter[str] = Counter()
+    for _prio, i, ex, target in sorted(candidates, key=lambda c: (c[0], selection_key(round_no, c[2].id))):
+        gold = ex.meta["label"]
+        if options.max_accept_per_class and taken[gold] >= options.max_accept_per_class:
+            per_class[gold]["capped"] += 1
+            records[i]["capped"] = True
+            continue
+        taken[gold] += 1
+        chosen[i] = target
+
+    accepted: list[Example] = []
+    remaining: list[Example] = []
+    for i, ex in enumerate(pool_examples):
+        if i not in chosen:
+            remaining.append(ex)
+            continue
+        via = records[i]["via"]
+        records[i]["accepted"] = True
+        records[i]["target"] = chosen[i]
+        gold = ex.meta["label"]
+        per_class[gold]["accepted"] += 1
+        per_class[gold]["rationalized"] += via == "rationalized"
+        accepted.append(
+            Example(
+                ex.id, ex.task, ex.prompt, chosen[i], {**ex.meta, "steer_round": round_no, "steer_via": via}
+            )
+        )
+    counts = {
+        "pool_size": len(pool_examples),
+        "correct": sum(r["correct"] for r in records),
+        "correct_untagged": sum(r["correct"] and r["via"] != "direct" for r in records),
+        "accepted": len(accepted),
+        "rationalized": sum(r["via"] == "rationalized" for r in records if r["accepted"]),
+        "capped": sum(bool(r.get("capped")) for r in records),
+        "hint_attempts": sum("hint_text" in r for r in records),
+    }
+    return RoundResult(accepted, remaining, records, per_class, counts)
+
+
+def needs_hint(example: Example, text: str, label_set: LabelSet) -> bool:
+    """Whether an example goes to rationalization: its own answer would not be accepted."""
+    gold = example.meta["label"]
+    found = extract_rationale(text, label_set)
+    return not (parse_answer(text, label_set).label == gold and found is not None and found[1] == gold)
+
+
+def stopping_rule(
+    round_no: int, pool_left: int, accepted: int, options: SteerOptions
+) -> tuple[bool, str | None]:
+    """``(continue, stop_reason)``: the planner plans round N+1 only when ``continue``."""
+    if pool_left == 0:
+        return False, STOP_POOL_EMPTY
+    if accepted < options.min_accepted:
+        return False, STOP_FEW_ACCEPTED
+    if round_no >= options.rounds:
+        return False, STOP_MAX_ROUNDS
+    return True, None
+
+
+def round_report(
+    round_no: int,
+    result: RoundResult,
+    memory_size: int,
+    options: SteerOptions,
+    label_set: LabelSet,
+    tokens_generated: int = 0,
+    seconds: float = 0.0,
+) -> dict[str, Any]:
+    """The figures saved as ``round-N.json``."""
+    n = result.counts["pool_size"]
+    cont, reason = stopping_rule(round_no, len(result.remaining), len(result.accepted), options)
+    return {
+        "round": round_no,
+        "label_set": label_set.name,
+        "pool_size": n,
+        "accepted": len(result.accepted),
+        "accuracy": (result.counts["correct"] / n) if n else 0.0,
+        "correct": result.counts["correct"],
+        "correct_untagged": result.counts["correct_untagged"],
+        "rationalized": result.counts["rationalized"],
+        "hint_attempts": result.counts["hint_attempts"],
+        "capped": result.counts["capped"],
+        "per_class": result.per_class,
+        "memory_before": memory_size,
+        "memory_size": memory_size + len(result.accepted),
+        "pool_left": len(result.remaining),
+        "tokens_generated": tokens_generated,
+        "seconds": round(seconds, 3),
+        "continue": cont,
+        "stop_reason": reason,
+    }
+
+
+def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
+    """A small rich table of per-round figures (one row per ``round-N.json``)."""
+    from rich.table import Table
+
+    table = Table(title="STEeR rounds")
+    for col in (
+        "round",
+        "pool",
+        "accepted",
+        "acc. on pool",
+        "rationalized",
+        "capped",
+        "memory",
+        "tokens",
+        "time",
+        "next",
+    ):
+        table.add_column(col, justify="right" if col not in ("next",) else "left")
+    for r in round_reports:
+        nxt = "continue" if r.get("continue") else f"stop ({r.get('stop_reason')})"
+        table.add_row(
+            str(r["round"]),
+            str(r["pool_size"]),
+            str(r["accepted"]),
+            f"{100 * r['accuracy']:.1f}%",
+            str(r["rationalized"]),
+            str(r["capped"]),
+            str(r["memory_size"]),
+            str(r["tokens_generated"]),
+            f"{r['seconds']:.1f}s",
+            nxt,
+        )
+    return table
+
+
+def per_class_table(report: Mapping[str, Any]):
+    """Acceptance per class for one round."""
+    from rich.table import Table
+
+    table = Table(title=f"STEeR round {report['round']}: acceptance per class")
+    for col in ("label", "pool", "correct", "accepted", "rationalized", "capped"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for label, c in report["per_class"].items():
+        table.add_row(label, *(str(c[k]) for k in ("pool", "correct", "accepted", "rationalized", "capped")))
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# I/O: one round as a step
+# --------------------------------------------------------------------------------------------
+def _load_examples(uri: str, label_set: LabelSet, what: str) -> list[Example]:
+    from coe_runtime.store import materialize
+
+    path = materialize(uri)
+    if not Path(path).is_file():
+        raise DataError(uri, None, f"{what} file not found; expected a published JSONL of STEeR examples")
+    examples = read_examples(path)
+    for lineno, ex in enumerate(examples, 1):
+        gold_label(ex, label_set, uri, lineno)
+    return examples
+
+
+def _generate(generator: Any, prompts: list[str], settings: GenerationSettings) -> tuple[list[str], int]:
+    if not prompts:
+        return [], 0
+    outputs = generator.generate(prompts, settings)
+    if len(outputs) != len(prompts):
+        raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(prompts)} prompts")
+    return [o.text for o in outputs], sum(int(o.n_new_tokens) for o in outputs)
+
+
+def round_settings(step: SteerRoundStep) -> GenerationSettings:
+    """The step's generation settings, stopping at the label tag (a rationale ends there)."""
+    return step.generation.model_copy(update={"stop_at_label": True})
+
+
+def write_round_outputs(
+    out_dir: Path, round_no: int, memory: list[Example], result: RoundResult, report: dict
+) -> None:
+    """Every file of a round into ``out_dir`` (published together afterwards, manifest last)."""
+    import json
+
+    new_memory = memory + result.accepted
+    write_examples(out_dir / f"memory-r{round_no}.jsonl", new_memory)
+    write_examples(out_dir / f"pool-r{round_no}.jsonl", result.remaining)
+    (out_dir / "generations.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records), encoding="utf-8"
+    )
+    # The reference implementation's files, {"input", "target"} per line.
+    (out_dir / "memory.json").write_text(
+        "".join(ex.to_reference() + "\n" for ex in new_memory), encoding="utf-8"
+    )
+    (out_dir / "train4infer.json").write_text(
+        "".join(ex.to_reference() + "\n" for ex in result.remaining), encoding="utf-8"
+    )
+    (out_dir / f"round-{round_no}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _make_generator(step: SteerRoundStep) -> Any:
+    from coe_runtime.generate import Generator
+
+    return Generator(step.base_model, adapter=step.adapter)
+
+
+def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = None) -> dict[str, Any]:
+    """Run one STEeR round; returns the round report (``round-N.json``).
+
+    A round whose manifest is published is never redone (the stored report comes back with
+    ``"skipped": true``). Nothing is published until the end, so a round that died half-way is
+    redone from its inputs. Under torchrun every rank generates its shard (inside the
+    generator) and rank 0 decides and publishes.
+    """
+    from coe_runtime.progress import is_rank_zero, report
+    from coe_runtime.store import get_store, join
+
+    store = get_store(step.output)
+    n = step.round
+    if store.is_published(step.output):
+        done = store.read_json(join(step.output, f"round-{n}.json"))
+        return {**done, "skipped": True}
+
+    label_set = get_label_set(
+        step.label_set.name, step.label_set.naming, step.label_set.custom_prompt_names or None
+    )
+    memory = _load_examples(step.memory, label_set, "memory")
+    pool = _load_examples(step.pool, label_set, "pool")
+    generator = generator if generator is not None else _make_generator(step)
+    settings = round_settings(step)
+    started = time.monotonic()
+
+    report(
+        step=step.name,
+        phase="steer",
+        message=f"round {n}: generating rationales for {len(pool)} pool examples",
+    )
+    texts, tokens = _generate(generator, [ex.prompt for ex in pool], settings)
+    hint_texts: dict[str, str] = {}
+    if step.steer.rationalization:
+        # Every rank holds every output (the generator gathers them), so every rank picks the
+        # same examples to retry and the hinted generation stays a collective call.
+        retry = [ex for ex, text in zip(pool, texts, strict=True) if needs_hint(ex, text, label_set)]
+        report(step=step.name, phase="steer", message=f"round {n}: rationalizing {len(retry)} examples")
+        hinted, hint_tokens = _generate(
+            generator, [hint_prompt(ex.prompt, ex.meta["label"], label_set) for ex in retry], settings
+        )
+        tokens += hint_tokens
+        hint_texts = {ex.id: text for ex, text in zip(retry, hinted, strict=True)}
+
+    result = accept(pool, texts, label_set, step.steer, round_no=n, hint_generations=hint_texts)
+    summary = round_report(n, result, len(memory), step.steer, label_set, tokens, time.monotonic() - started)
+    summary["step"] = step.name
+    if not is_rank_zero():
+        return summary
+    with tempfile.TemporaryDirectory(prefix=f"steer-r{n}-") as tmp:
+        write_round_outputs(Path(tmp), n, memory, result, summary)
+        store.publish(tmp, step.output, meta={"kind": "steer_round", "round": n})
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    console.print(format_rounds_table([summary]))
+    console.print(per_class_table(summary))
+    report(
+        step=step.name, phase="steer", message=f"round {n}: accepted {summary['accepted']}", done=1, total=1
+    )
+    return summary

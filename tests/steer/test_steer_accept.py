@@ -1,0 +1,159 @@
+"""The acceptance logic of a STEeR round, without a model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from coe_runtime.data import Example
+from coe_runtime.errors import DataError
+from coe_runtime.labels import EMORYNLP, MELD, get_label_set
+from coe_runtime.prompts import ANSWER_HEADER
+from coe_runtime.steer import (
+    STOP_FEW_ACCEPTED,
+    STOP_MAX_ROUNDS,
+    STOP_POOL_EMPTY,
+    accept,
+    extract_rationale,
+    hint_prompt,
+    needs_hint,
+    stopping_rule,
+)
+from coe_runtime.step import SteerOptions
+
+
+def pool_example(i: int, label: str, label_set=MELD) -> Example:
+    prompt = f"Conversation {i} ...\nWhy does the speaker feel this way?\n{ANSWER_HEADER}"
+    return Example(
+        f"steer:u{i}", "steer", prompt, "", {"uid": f"u{i}", "label": label, "label_set": label_set.name}
+    )
+
+
+def test_correct_tagged_answers_join_memory_and_leave_the_pool():
+    pool = [
+        pool_example(0, "joy"),
+        pool_example(1, "anger"),
+        pool_example(2, "sadness"),
+        pool_example(3, "fear"),
+    ]
+    texts = [
+        "She laughs with her friends. <joy>",  # right, tagged: accepted
+        "He is calm. <neutral>",  # wrong
+        "sadness",  # right label word but no rationale/tag: counted correct, not stored
+        "The dark room frightens him. <fear> more text <fear>",  # right; text after the tag dropped
+    ]
+    result = accept(pool, texts, MELD, SteerOptions())
+    assert [ex.id for ex in result.accepted] == ["steer:u0", "steer:u3"]
+    assert [ex.id for ex in result.remaining] == ["steer:u1", "steer:u2"]
+    assert result.accepted[0].target == "She laughs with her friends. <joy>"
+    assert result.accepted[1].target == "The dark room frightens him. <fear>"
+    assert result.accepted[0].prompt == pool[0].prompt
+    assert result.counts["correct"] == 3 and result.counts["correct_untagged"] == 1
+    assert result.per_class["joy"] == {"pool": 1, "correct": 1, "accepted": 1, "rationalized": 0, "capped": 0}
+    assert [r["accepted"] for r in result.records] == [True, False, False, True]
+
+
+def test_prompt_names_are_what_the_tag_uses():
+    coe = get_label_set("meld", "coe")  # joy is spelled "joyful" in prompts
+    pool = [pool_example(0, "joy", coe)]
+    result = accept(pool, ["They cheer. <joyful>"], coe, SteerOptions())
+    assert result.accepted[0].target.endswith("<joyful>")
+    assert result.accepted[0].meta["label"] == "joy"
+
+
+def test_extract_rationale_rejects_contradictions_and_empty_reasoning():
+    assert extract_rationale("Because of X. <anger>", MELD) == ("Because of X.", "anger")
+    assert extract_rationale("<anger>", MELD) is None
+    assert extract_rationale("Hmm <joy> no wait <anger>", MELD) is None
+    assert extract_rationale("no tag at all anger", MELD) is None
+    assert extract_rationale("  spaced \n out   text <sadness>", MELD) == ("spaced out text", "sadness")
+
+
+def test_emorynlp_rationales_parse_against_emorynlp_labels_not_melds():
+    """Reference bug 2: EmoryNLP generations were parsed against MELD's label list."""
+    pool = [
+        pool_example(0, "Mad", EMORYNLP),
+        pool_example(1, "Mad", EMORYNLP),
+        pool_example(2, "Joyful", EMORYNLP),
+    ]
+    texts = ["He shouts at them. <mad>", "He shouts at them. <anger>", "She is delighted. <joy>"]
+    result = accept(pool, texts, EMORYNLP, SteerOptions())
+    assert [ex.id for ex in result.accepted] == ["steer:u0"]
+    assert result.accepted[0].target == "He shouts at them. <mad>"
+    assert result.records[0]["parsed"] == "Mad"  # the dataset's own spelling
+    # A pool of EmoryNLP examples judged with MELD's labels is a clear error, not silent garbage.
+    with pytest.raises(DataError, match="not in label set 'meld'"):
+        accept(pool, texts, MELD, SteerOptions())
+
+
+def test_rationalization_accepts_hinted_answers_but_stores_the_hint_free_prompt():
+    pool = [pool_example(0, "anger"), pool_example(1, "fear"), pool_example(2, "joy")]
+    texts = ["He is fine. <neutral>", "She is calm. <neutral>", "Friends cheer. <joy>"]
+    retry = [ex for ex, t in zip(pool, texts, strict=True) if needs_hint(ex, t, MELD)]
+    assert [ex.id for ex in retry] == ["steer:u0", "steer:u1"]
+    hinted = {"steer:u0": "He slams the door after the insult. <anger>", "steer:u1": "Still calm. <neutral>"}
+
+    off = accept(pool, texts, MELD, SteerOptions(rationalization=False), hint_generations=hinted)
+    on = accept(pool, texts, MELD, SteerOptions(rationalization=True), hint_generations=hinted)
+    assert [ex.id for ex in off.accepted] == ["steer:u2"]
+    assert [ex.id for ex in on.accepted] == ["steer:u0", "steer:u2"]
+    rationalized = on.accepted[0]
+    assert rationalized.prompt == pool[0].prompt and "Hint" not in rationalized.prompt
+    assert rationalized.target == "He slams the door after the insult. <anger>"
+    assert rationalized.meta["steer_via"] == "rationalized"
+    assert on.counts["rationalized"] == 1 and on.per_class["anger"]["rationalized"] == 1
+    assert on.counts["correct"] == 1  # accuracy on the pool counts only the unhinted answers
+    assert [ex.id for ex in on.remaining] == ["steer:u1"]
+
+
+def test_hint_prompt_puts_the_gold_label_before_the_answer_header():
+    coe = get_label_set("meld", "coe")
+    prompt = hint_prompt(pool_example(0, "anger").prompt, "anger", coe)
+    assert "<angry>" in prompt and prompt.endswith(ANSWER_HEADER)
+
+
+def test_per_class_cap_limits_each_class_deterministically():
+    pool = [pool_example(i, "neutral") for i in range(6)] + [pool_example(10 + i, "joy") for i in range(2)]
+    texts = ["It is a plain remark. <neutral>"] * 6 + ["They laugh. <joy>"] * 2
+    capped = accept(pool, texts, MELD, SteerOptions(max_accept_per_class=2), round_no=3)
+    uncapped = accept(pool, texts, MELD, SteerOptions(), round_no=3)
+    assert len(uncapped.accepted) == 8
+    assert sum(ex.meta["label"] == "neutral" for ex in capped.accepted) == 2
+    assert sum(ex.meta["label"] == "joy" for ex in capped.accepted) == 2
+    assert capped.per_class["neutral"]["capped"] == 4
+    assert len(capped.remaining) == 4 and all(ex.meta["label"] == "neutral" for ex in capped.remaining)
+    # The choice does not depend on the order the pool arrives in (rank sharding, file order).
+    order = list(range(8))
+    random.Random(1).shuffle(order)
+    shuffled = accept(
+        [pool[i] for i in order],
+        [texts[i] for i in order],
+        MELD,
+        SteerOptions(max_accept_per_class=2),
+        round_no=3,
+    )
+    assert {ex.id for ex in shuffled.accepted} == {ex.id for ex in capped.accepted}
+
+
+def test_cap_prefers_direct_answers_over_rationalized_ones():
+    pool = [pool_example(0, "anger"), pool_example(1, "anger")]
+    texts = ["Calm. <neutral>", "He yells. <anger>"]
+    hinted = {"steer:u0": "Insulted, he snaps. <anger>"}
+    result = accept(
+        pool, texts, MELD, SteerOptions(rationalization=True, max_accept_per_class=1), hint_generations=hinted
+    )
+    assert [ex.id for ex in result.accepted] == ["steer:u1"]
+
+
+def test_stopping_rule():
+    opts = SteerOptions(rounds=3, min_accepted=2)
+    assert stopping_rule(1, pool_left=5, accepted=3, options=opts) == (True, None)
+    assert stopping_rule(1, pool_left=0, accepted=3, options=opts) == (False, STOP_POOL_EMPTY)
+    assert stopping_rule(1, pool_left=5, accepted=1, options=opts) == (False, STOP_FEW_ACCEPTED)
+    assert stopping_rule(3, pool_left=5, accepted=3, options=opts) == (False, STOP_MAX_ROUNDS)
+
+
+def test_generations_must_match_the_pool():
+    with pytest.raises(ValueError, match="1 generations for 2 pool examples"):
+        accept([pool_example(0, "joy"), pool_example(1, "joy")], ["x <joy>"], MELD, SteerOptions())
