@@ -361,10 +361,11 @@ def write_round_outputs(
     (out_dir / f"round-{round_no}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def _make_generator(step: SteerRoundStep) -> Any:
+def _make_generator(step: SteerRoundStep, label_set: LabelSet) -> Any:
     from coe_runtime.generate import Generator
 
-    return Generator(step.base_model, adapter=step.adapter)
+    # label_names: generation stops at a tag naming one of THIS dataset's labels.
+    return Generator.load(step.base_model, step.adapter, label_names=label_set.prompt_names)
 
 
 def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = None) -> dict[str, Any]:
@@ -389,7 +390,7 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     )
     memory = _load_examples(step.memory, label_set, "memory")
     pool = _load_examples(step.pool, label_set, "pool")
-    generator = generator if generator is not None else _make_generator(step)
+    generator = generator if generator is not None else _make_generator(step, label_set)
     settings = round_settings(step)
     started = time.monotonic()
 
