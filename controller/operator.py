@@ -1,0 +1,263 @@
+"""The controller process: watches + periodic resync driving level-triggered passes, leader election,
+and the /healthz and /readyz endpoints.
+
+Why the plain ``kubernetes`` client and not kopf: the reconcile is one pure decision over the
+whole observable state (see reconcile.py), so the loop needs no per-handler machinery, no
+annotations on our objects for handler progress, and no finalizers. Watches are used only as
+*wake-up signals* (an event of any type on an experiment or a PyTorchJob sets a flag; the event's
+type and content are never looked at), and a periodic resync bounds the delay when a watch is
+down. Each pass re-reads experiments, jobs and the store, so a missed or repeated event cannot
+cause a wrong action, and a restarted controller simply continues.
+
+Leader election uses a ``coordination.k8s.io/v1`` Lease updated with optimistic concurrency (the
+``resourceVersion`` of what we read): a replica acts only while it holds an unexpired lease, and
+renews it before every pass, so two replicas never both act.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from coe_controller import reconcile
+from coe_controller.kube import Conflict, Kube, KubeError, NotFound
+
+log = logging.getLogger("coe_controller.operator")
+
+LEASE_NAME = "coe-controller-leader"
+
+
+def _micro(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class LeaderElector:
+    """Holds a Lease; ``ensure(now)`` acquires or renews it and says whether we may act."""
+
+    def __init__(self, kube: Kube, namespace: str, identity: str, lease_s: int = 15, name: str = LEASE_NAME):
+        self.kube, self.namespace, self.identity = kube, namespace, identity
+        self.lease_s, self.name = lease_s, name
+        self.valid_until = 0.0  # we may act until this time (our renewTime + lease duration)
+
+    def is_leader(self, now: float) -> bool:
+        # A safety margin: stop acting a little before another replica may take over.
+        return now < self.valid_until - 2.0
+
+    def ensure(self, now: float) -> bool:
+        try:
+            lease = self.kube.get_lease(self.namespace, self.name)
+        except NotFound:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": self._spec(now, transitions=0, acquired=now),
+            }
+            try:
+                self.kube.create_lease(self.namespace, body)
+            except Conflict:
+                return self._lost()  # another replica created it first
+            return self._won(now)
+        except KubeError as e:
+            log.warning("leader election: cannot read lease: %s", e)
+            return self.is_leader(now)
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = _parse_time(spec.get("renewTime")) or 0.0
+        duration = int(spec.get("leaseDurationSeconds") or self.lease_s)
+        if holder not in (None, "", self.identity) and now < renewed + duration:
+            return self._lost()
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+        acquired = _parse_time(spec.get("acquireTime")) if holder == self.identity else now
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            # resourceVersion makes the update conditional: 409 if someone wrote since we read
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "resourceVersion": (lease.get("metadata") or {}).get("resourceVersion"),
+            },
+            "spec": self._spec(now, transitions, acquired or now),
+        }
+        try:
+            self.kube.replace_lease(self.namespace, self.name, body)
+        except Conflict:
+            return self._lost()
+        except KubeError as e:
+            log.warning("leader election: cannot renew lease: %s", e)
+            return self.is_leader(now)
+        return self._won(now)
+
+    def _spec(self, now: float, transitions: int, acquired: float) -> dict:
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.lease_s,
+            "acquireTime": _micro(acquired),
+            "renewTime": _micro(now),
+            "leaseTransitions": transitions,
+        }
+
+    def _won(self, now: float) -> bool:
+        if not self.is_leader(now):
+            log.info("leader election: %s is the leader", self.identity)
+        self.valid_until = now + self.lease_s
+        return True
+
+    def _lost(self) -> bool:
+        if self.valid_until:
+            log.info("leader election: %s is not the leader", self.identity)
+        self.valid_until = 0.0
+        return False
+
+
+class Health:
+    """Liveness: the loop made progress recently. Readiness: the last pass reached the API server."""
+
+    def __init__(self, stale_after_s: float):
+        self.stale_after_s = stale_after_s
+        self.heartbeat = time.monotonic()
+        self.ready = False
+
+    def beat(self, reached_api: bool) -> None:
+        self.heartbeat = time.monotonic()
+        self.ready = reached_api
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.heartbeat < self.stale_after_s
+
+    def serve(self, port: int) -> ThreadingHTTPServer:
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                ok = {"/healthz": health.alive, "/readyz": lambda: health.ready and health.alive()}.get(
+                    self.path
+                )
+                if ok is None:
+                    self.send_error(404)
+                    return
+                good = ok()
+                body = b"ok\n" if good else b"not ok\n"
+                self.send_response(200 if good else 503)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # keep probe noise out of the controller log
+                pass
+
+        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+        return server
+
+
+class Operator:
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str | None,
+        *,
+        leader_elect: bool = False,
+        lease_namespace: str | None = None,
+        identity: str | None = None,
+        resync_s: float = 30.0,
+        lease_s: int = 15,
+    ):
+        self.kube = kube
+        self.namespace = namespace
+        self.resync_s = resync_s
+        self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        lease_ns = lease_namespace or os.environ.get("POD_NAMESPACE") or namespace or "default"
+        self.elector = LeaderElector(kube, lease_ns, self.identity, lease_s) if leader_elect else None
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.health = Health(stale_after_s=max(3 * resync_s, 60.0))
+        self.requeue_at: dict[str, float] = {}
+
+    # -- one pass -------------------------------------------------------------------------------------
+    def run_once(self, now: float | None = None) -> float:
+        """Reconcile every experiment once; returns seconds until the next pass is due."""
+        now = time.time() if now is None else now
+        if self.elector is not None and not self.elector.ensure(now):
+            self.health.beat(reached_api=True)
+            return min(self.resync_s, self.elector.lease_s / 3)
+        try:
+            experiments = self.kube.list_experiments(self.namespace)
+        except KubeError as e:
+            log.warning("cannot list experiments: %s", e)
+            self.health.beat(reached_api=False)
+            return 2.0
+        next_in = self.resync_s
+        for obj in experiments:
+            if self.elector is not None and not self.elector.is_leader(time.time()):
+                break  # lease about to lapse: stop acting before another replica may start
+            key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+            try:
+                after = reconcile.reconcile(self.kube, obj)
+            except KubeError as e:
+                log.warning("%s: %s (will retry)", key, e)
+                after = 2.0
+            except Exception:  # a controller bug must not stop the other experiments
+                log.exception("%s: reconcile failed", key)
+                after = 10.0
+            if after is not None:
+                next_in = min(next_in, after)
+        self.health.beat(reached_api=True)
+        if self.elector is not None:
+            next_in = min(next_in, self.elector.lease_s / 3)
+        return max(next_in, 0.2)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _watch(self, what: str) -> None:
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                for _event in self.kube.watch(what, self.namespace, timeout_s=int(self.resync_s) or 30):
+                    self.wake.set()  # any event, whatever its type: just look again
+                    delay = 1.0
+                    if self.stop.is_set():
+                        return
+            except KubeError as e:
+                log.debug("watch %s ended: %s", what, e)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+            self.wake.set()
+
+    def run(self, health_port: int | None = None) -> None:
+        server = self.health.serve(health_port) if health_port else None
+        for what in ("experiments", "jobs"):
+            threading.Thread(target=self._watch, args=(what,), name=f"watch-{what}", daemon=True).start()
+        log.info(
+            "controller %s watching %s%s",
+            self.identity,
+            f"namespace {self.namespace}" if self.namespace else "all namespaces",
+            " (leader election on)" if self.elector else "",
+        )
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                wait = self.run_once()
+                # Coalesce bursts of events: a pass covers everything that happened before it.
+                self.wake.wait(wait)
+                self.stop.wait(0.2)
+        finally:
+            if server is not None:
+                server.shutdown()

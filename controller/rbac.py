@@ -1,0 +1,78 @@
+"""The Kubernetes permissions the controller uses, declared once.
+
+Every API call the controller makes goes through :mod:`coe_controller.kube`, which refuses a call
+whose (apiGroup, resource, verb) is not declared here; a test checks that every declared verb is
+used by some call and every call is declared. The Helm chart and the plain manifests render their
+Role/ClusterRole from :func:`rules` (the packaging tests compare them), so the deployed RBAC is
+exactly what the code needs: no more, no less.
+
+``coe-ctl`` user commands (submit, delete, status with pod logs) run with the *user's* credentials,
+not the controller's; their needs are declared separately in :data:`USER_PERMISSIONS` so the docs
+can say what a user Role must allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "coe.ml"
+VERSION = "v1alpha1"
+KIND = "CoEExperiment"
+PLURAL = "coeexperiments"
+SINGULAR = "coeexperiment"
+SHORT_NAME = "coex"
+
+PYTORCHJOB_GROUP = "kubeflow.org"
+PYTORCHJOB_VERSION = "v1"
+PYTORCHJOB_PLURAL = "pytorchjobs"
+PYTORCHJOB_KIND = "PyTorchJob"
+
+
+@dataclass(frozen=True)
+class Permission:
+    api_group: str  # "" is the core group
+    resource: str  # plural, or "plural/subresource"
+    verbs: tuple[str, ...]
+
+
+# What the controller does, and why each verb is needed:
+CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
+    # read experiments: list + watch for the loop, get to re-read one before acting
+    Permission(GROUP, PLURAL, ("get", "list", "watch")),
+    # the controller writes status only (never the spec): merge-patch on the status subresource
+    Permission(GROUP, f"{PLURAL}/status", ("get", "patch")),
+    # one PyTorchJob per step attempt; never updated or deleted (ownerReferences clean up)
+    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("get", "list", "watch", "create")),
+    # the frozen step config (and DeepSpeed config) of each step, created once with its first job
+    Permission("", "configmaps", ("create",)),
+    # Kubernetes Events for phase and step transitions
+    Permission("", "events", ("create",)),
+    # leader election: one Lease, read, created by the first replica, renewed by the holder
+    Permission("coordination.k8s.io", "leases", ("get", "create", "update")),
+)
+
+# What a person running `coe-ctl submit|delete|status` against the cluster needs.
+USER_PERMISSIONS: tuple[Permission, ...] = (
+    Permission(GROUP, PLURAL, ("get", "list", "watch", "create", "delete")),
+    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("get", "list")),
+    Permission("", "pods", ("list",)),
+    Permission("", "pods/log", ("get",)),
+)
+
+
+def _as_rules(perms: tuple[Permission, ...]) -> list[dict]:
+    return [{"apiGroups": [p.api_group], "resources": [p.resource], "verbs": list(p.verbs)} for p in perms]
+
+
+def rules() -> list[dict]:
+    """The controller's permissions as Kubernetes PolicyRules (for a Role or ClusterRole)."""
+    return _as_rules(CONTROLLER_PERMISSIONS)
+
+
+def user_rules() -> list[dict]:
+    """What a `coe-ctl` user needs, as PolicyRules."""
+    return _as_rules(USER_PERMISSIONS)
+
+
+def allowed(perms: tuple[Permission, ...], api_group: str, resource: str, verb: str) -> bool:
+    return any(p.api_group == api_group and p.resource == resource and verb in p.verbs for p in perms)

@@ -1,0 +1,629 @@
+"""Reconcile one CoEExperiment: a pure decision function plus the thin I/O that feeds and applies it.
+
+Level-triggered: every pass starts from what is observable right now — the experiment object, the
+artifact store (a step is done exactly when its output manifest is published) and the PyTorchJobs the
+experiment owns — and never from remembered events or in-memory state. So a pass can be repeated,
+interrupted or run by a freshly restarted controller with the same outcome, and job names are
+deterministic (``<experiment>-<step>-a<attempt>``) so a create that already happened answers 409 and
+counts as done.
+
+:func:`decide` is pure (no I/O, no clock): it returns the actions to take, and :func:`reconcile`
+performs them: create the ConfigMap + job of a step attempt, emit Events, patch the status (only
+when it changed), and say when to look again.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from coe_controller import render
+from coe_controller.kube import Conflict, Kube, KubeError
+
+log = logging.getLogger("coe_controller.reconcile")
+
+
+class Phase(StrEnum):
+    """The experiment's phase. Succeeded and Failed are terminal."""
+
+    PENDING = "Pending"  # accepted, no step started yet
+    RUNNING = "Running"  # at least one step started, none failed for good
+    SUCCEEDED = "Succeeded"  # every planned step published its outputs
+    FAILED = "Failed"  # a step failed more often than allowed, or the spec is invalid
+
+
+# Allowed transitions (docs/operator.md draws its diagram from this table).
+PHASE_TRANSITIONS: dict[Phase, tuple[Phase, ...]] = {
+    Phase.PENDING: (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED),
+    Phase.RUNNING: (Phase.SUCCEEDED, Phase.FAILED),
+    Phase.SUCCEEDED: (),
+    Phase.FAILED: (Phase.PENDING,),  # only an invalid spec that the user then fixes
+}
+
+
+class StepState(StrEnum):
+    WAITING = "Waiting"  # inputs not published yet
+    STARTING = "Starting"  # job being created in this pass
+    PENDING = "Pending"  # job exists, pods not running yet
+    SUSPENDED = "Suspended"  # job waits for admission (Kueue)
+    RUNNING = "Running"
+    RESTARTING = "Restarting"  # pods restarted after a retryable exit code
+    VERIFYING = "Verifying"  # job Succeeded, outputs not visible in the store yet
+    BACKOFF = "Backoff"  # attempt failed; the next one starts after the backoff delay
+    SUCCEEDED = "Succeeded"  # outputs published (MANIFEST.json in the store)
+    FAILED = "Failed"  # out of attempts
+
+
+ACTIVE_STATES = (
+    StepState.STARTING,
+    StepState.PENDING,
+    StepState.SUSPENDED,
+    StepState.RUNNING,
+    StepState.RESTARTING,
+)
+
+# How long a job may report Succeeded before its outputs must be visible in the store.
+VERIFY_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 2  # new jobs for a step after a failed one
+    backoff_base_s: float = 10.0  # delay before retry k is base * 2**(k-1), capped
+    backoff_max_s: float = 300.0
+
+    def delay(self, failed_attempt: int) -> float:
+        return min(self.backoff_base_s * 2 ** max(failed_attempt - 1, 0), self.backoff_max_s)
+
+
+# -- actions -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateJob:
+    step: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SetStatus:
+    status: dict
+
+
+@dataclass(frozen=True)
+class Requeue:
+    after_s: float
+
+
+Action = CreateJob | EmitEvent | SetStatus | Requeue
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def parse_iso(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def job_attempt(job: dict) -> int:
+    try:
+        return int(job.get("metadata", {}).get("labels", {}).get(render.LABEL_ATTEMPT, "0"))
+    except ValueError:
+        return 0
+
+
+def jobs_by_step(jobs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for job in jobs:
+        step = job.get("metadata", {}).get("labels", {}).get(render.LABEL_STEP)
+        if step:
+            out.setdefault(step, []).append(job)
+    for v in out.values():
+        v.sort(key=job_attempt)
+    return out
+
+
+def _find_number(obj: Any, key_part: str) -> float | None:
+    """The first numeric value whose key contains ``key_part`` (depth-first, dicts only)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if key_part in str(k).lower() and isinstance(v, int | float) and not isinstance(v, bool):
+                return float(v)
+        for v in obj.values():
+            found = _find_number(v, key_part)
+            if found is not None:
+                return found
+    return None
+
+
+def summarize_metrics(doc: dict | None) -> dict:
+    """A small flat summary of a step's metrics file for the status (scalars only)."""
+    if not isinstance(doc, dict):
+        return {}
+    out = {}
+    for k, v in doc.items():
+        if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 80):
+            out[str(k)] = round(v, 4) if isinstance(v, float) else v
+        if len(out) >= 12:
+            break
+    return out
+
+
+# -- the decision ------------------------------------------------------------------------------------
+@dataclass
+class _StepView:
+    name: str
+    kind: str
+    output: str
+    state: StepState
+    attempts: int = 0
+    job_name: str | None = None
+    start: str | None = None
+    finish: str | None = None
+    reason: str = ""
+    message: str = ""
+    metrics: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        rec: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state.value,
+            "attempts": self.attempts,
+        }
+        for key, val in (
+            ("jobName", self.job_name),
+            ("startTime", self.start),
+            ("finishTime", self.finish),
+            ("reason", self.reason),
+            ("message", self.message),
+        ):
+            if val:
+                rec[key] = val
+        if self.metrics:
+            rec["metrics"] = self.metrics
+        rec["output"] = self.output
+        return rec
+
+
+def _condition(
+    old: list[dict], type_: str, status: bool, reason: str, message: str, gen: int, now: float
+) -> dict:
+    prev = next((c for c in old if c.get("type") == type_), None)
+    value = "True" if status else "False"
+    # lastTransitionTime moves only when the status flips: an unchanged condition patches nothing.
+    since = (
+        prev["lastTransitionTime"]
+        if prev and prev.get("status") == value and prev.get("lastTransitionTime")
+        else iso(now)
+    )
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": gen,
+    }
+
+
+def decide(
+    experiment: dict,
+    plan: list,
+    published_steps: set[str] | frozenset[str],
+    observed_jobs: list[dict],
+    now: float,
+    *,
+    policy: RetryPolicy | None = None,
+    metrics: dict[str, dict] | None = None,
+    job_state=None,
+) -> list[Action]:
+    """What to do next for one experiment, from what is observable now.
+
+    ``plan``: PlannedStep list (name, kind, output, needs); ``published_steps``: names of steps whose
+    output manifest is in the store; ``observed_jobs``: the PyTorchJobs the experiment owns;
+    ``metrics``: step name -> metrics summary of published steps. Never looks at event types or order.
+    """
+    policy = policy or RetryPolicy()
+    metrics = metrics or {}
+    state_of = job_state or render.renderer().state
+    meta = experiment.get("metadata", {})
+    gen = int(meta.get("generation") or 1)
+    old = experiment.get("status") or {}
+    old_phase = old.get("phase") or Phase.PENDING.value
+    old_conditions = old.get("conditions") or []
+    old_steps = {s.get("name"): s for s in old.get("steps") or []}
+
+    # Terminal phases stay terminal: a finished experiment is a record, not a request.
+    if old_phase in (Phase.SUCCEEDED.value, Phase.FAILED.value) and old.get("reason") != "InvalidSpec":
+        return []
+
+    by_step = jobs_by_step(observed_jobs)
+    actions: list[Action] = []
+    creates: list[CreateJob] = []
+    requeue: float | None = None
+    views: list[_StepView] = []
+    failed: _StepView | None = None
+
+    def want(after: float) -> None:
+        nonlocal requeue
+        requeue = after if requeue is None else min(requeue, after)
+
+    for step in plan:
+        jobs = by_step.get(render.label_value(step.name), [])
+        v = _StepView(step.name, step.kind, step.output, StepState.WAITING, attempts=len(jobs))
+        if jobs:
+            last = jobs[-1]
+            st = state_of(last)
+            v.job_name = last["metadata"]["name"]
+            v.start = st.start_time or (jobs[0].get("metadata", {}).get("creationTimestamp"))
+            v.finish = st.finish_time
+            v.reason, v.message = st.reason, st.message
+        if step.name in published_steps:
+            v.state = StepState.SUCCEEDED
+            v.metrics = metrics.get(step.name, {})
+            v.finish = v.finish or old_steps.get(step.name, {}).get("finishTime") or iso(now)
+            v.reason, v.message = "", ""
+        elif not jobs:
+            # A tentative step (past an undecided STEeR round) may change or vanish: never start it.
+            if not getattr(step, "tentative", False) and all(n in published_steps for n in step.needs):
+                v.state = StepState.STARTING
+                v.attempts = 1
+                v.start = iso(now)
+                creates.append(CreateJob(step.name, 1))
+                v.job_name = render.job_name(meta.get("name", ""), step.name, 1)
+        else:
+            attempt = job_attempt(jobs[-1])
+            st = state_of(jobs[-1])
+            fail_reason = None
+            if st.phase == "Succeeded":
+                finished_at = parse_iso(st.finish_time) or now
+                if now - finished_at < VERIFY_GRACE_S:
+                    v.state = StepState.VERIFYING
+                    want(max(1.0, VERIFY_GRACE_S - (now - finished_at)))
+                else:
+                    fail_reason = (
+                        "OutputsNotPublished",
+                        f"job {v.job_name} succeeded but {step.output} has no manifest",
+                    )
+            elif st.phase == "Failed":
+                fail_reason = (st.reason or "JobFailed", st.message or f"job {v.job_name} failed")
+            else:
+                v.state = StepState(st.phase)
+            if fail_reason:
+                v.reason, v.message = fail_reason
+                if attempt <= policy.max_retries:
+                    finished_at = parse_iso(st.finish_time) or now
+                    due = finished_at + policy.delay(attempt)
+                    if now >= due:
+                        creates.append(CreateJob(step.name, attempt + 1))
+                        v.state = StepState.STARTING
+                        v.attempts = len(jobs) + 1
+                        v.job_name = render.job_name(meta.get("name", ""), step.name, attempt + 1)
+                        v.finish = None
+                    else:
+                        v.state = StepState.BACKOFF
+                        want(due - now)
+                else:
+                    v.state = StepState.FAILED
+                    failed = failed or v
+        views.append(v)
+
+    # -- phase ---------------------------------------------------------------------------------------
+    if failed is not None:
+        phase = Phase.FAILED
+        reason = failed.reason or "StepFailed"
+        message = f"step {failed.name} failed after {failed.attempts} attempt(s): {failed.message}"
+        creates = []  # no new work once the experiment has failed
+        for v in views:
+            if v.state == StepState.STARTING:
+                v.state, v.attempts = StepState.WAITING, v.attempts - 1
+    elif plan and all(v.state == StepState.SUCCEEDED for v in views):
+        phase, reason, message = Phase.SUCCEEDED, "AllStepsSucceeded", f"{len(views)} steps succeeded"
+    elif any(v.state != StepState.WAITING for v in views):
+        phase, reason = Phase.RUNNING, "StepsRunning"
+        current = [v.name for v in views if v.state not in (StepState.WAITING, StepState.SUCCEEDED)]
+        message = "running: " + ", ".join(current) if current else "between steps"
+    else:
+        phase, reason, message = Phase.PENDING, "Waiting", "no step can start yet"
+
+    status = _status(old, views, phase, reason, message, gen, now, old_conditions)
+
+    # -- events for transitions (compared with the recorded status) -------------------------------------
+    for v in views:
+        before = old_steps.get(v.name, {})
+        if v.state.value == before.get("state") and v.attempts == before.get("attempts", 0):
+            continue
+        if v.state == StepState.STARTING:
+            kind = "Normal" if v.attempts == 1 else "Warning"
+            what = (
+                "started"
+                if v.attempts == 1
+                else f"retried (attempt {v.attempts}) after {before.get('reason') or v.reason}"
+            )
+            actions.append(
+                EmitEvent(
+                    kind,
+                    "StepStarted" if v.attempts == 1 else "StepRetried",
+                    f"step {v.name} {what}: job {v.job_name}",
+                )
+            )
+        elif v.state == StepState.SUCCEEDED:
+            actions.append(EmitEvent("Normal", "StepSucceeded", f"step {v.name} published {v.output}"))
+        elif v.state == StepState.BACKOFF and before.get("state") != StepState.BACKOFF.value:
+            actions.append(
+                EmitEvent(
+                    "Warning",
+                    "StepAttemptFailed",
+                    f"step {v.name} attempt {v.attempts} failed: {v.reason}: {v.message}",
+                )
+            )
+    if phase.value != old.get("phase"):
+        kind = "Warning" if phase == Phase.FAILED else "Normal"
+        actions.append(EmitEvent(kind, f"Experiment{phase.value}", message))
+
+    actions = [*creates, *actions]
+    if status != old:
+        actions.append(SetStatus(status))
+    if requeue is not None:
+        actions.append(Requeue(requeue))
+    return actions
+
+
+def _status(
+    old: dict,
+    views: list[_StepView],
+    phase: Phase,
+    reason: str,
+    message: str,
+    gen: int,
+    now: float,
+    old_conditions,
+) -> dict:
+    running = [v.name for v in views if v.state in (*ACTIVE_STATES, StepState.VERIFYING, StepState.BACKOFF)]
+    rounds = []
+    for v in views:
+        if v.kind == "steer_round" and v.state == StepState.SUCCEEDED:
+            rounds.append({"round": _round_of(v.name), "step": v.name, **v.metrics})
+    best: dict[str, float] = {}
+    for v in views:
+        f1 = _find_number(v.metrics, "weighted_f1") if v.metrics else None
+        if f1 is None:
+            continue
+        if v.kind == "generate":
+            best["testWeightedF1"] = f1
+        else:
+            best["devWeightedF1"] = max(best.get("devWeightedF1", f1), f1)
+    artifacts = {v.name: v.output for v in views if v.state == StepState.SUCCEEDED}
+    status: dict[str, Any] = {
+        "phase": phase.value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": gen,
+        "currentStep": ",".join(running),
+        "steps": [v.record() for v in views],
+        "steerRounds": rounds,
+        "bestMetrics": best,
+        "artifacts": artifacts,
+        "conditions": [
+            _condition(old_conditions, "Progressing", phase == Phase.RUNNING, reason, message, gen, now),
+            _condition(old_conditions, "Succeeded", phase == Phase.SUCCEEDED, reason, message, gen, now),
+            _condition(old_conditions, "Failed", phase == Phase.FAILED, reason, message, gen, now),
+        ],
+    }
+    if rounds:
+        status["steerRound"] = max(r["round"] for r in rounds)
+    if "devWeightedF1" in best:
+        status["bestDevWeightedF1"] = best["devWeightedF1"]
+    start = old.get("startTime") or (iso(now) if phase != Phase.PENDING else None)
+    if start:
+        status["startTime"] = start
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        status["completionTime"] = old.get("completionTime") or iso(now)
+    return status
+
+
+def _round_of(step_name: str) -> int:
+    digits = "".join(ch for ch in step_name.split("-r", 1)[-1] if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def invalid_spec_status(experiment: dict, message: str, now: float) -> dict:
+    old = experiment.get("status") or {}
+    gen = int(experiment.get("metadata", {}).get("generation") or 1)
+    conds = old.get("conditions") or []
+    return {
+        **{k: v for k, v in old.items() if k not in ("conditions",)},
+        "phase": Phase.FAILED.value,
+        "reason": "InvalidSpec",
+        "message": message,
+        "observedGeneration": gen,
+        "conditions": [
+            _condition(conds, "Progressing", False, "InvalidSpec", message, gen, now),
+            _condition(conds, "Succeeded", False, "InvalidSpec", message, gen, now),
+            _condition(conds, "Failed", True, "InvalidSpec", message, gen, now),
+        ],
+    }
+
+
+# -- I/O: observe, decide, act ------------------------------------------------------------------------
+METRICS_FILES = ("best.json", "metrics.json")  # erc (best dev epoch), test (test metrics)
+
+
+def _step_metrics(store, step, manifest: dict) -> dict:
+    names = {f.get("path") for f in manifest.get("files") or []}
+    candidates = [*METRICS_FILES]
+    if step.kind == "steer_round":
+        candidates.insert(0, f"round-{_round_of(step.name)}.json")
+    for fname in candidates:
+        if fname in names:
+            from coe_runtime.store import join
+
+            try:
+                return summarize_metrics(store.read_json(join(step.output, fname)))
+            except (ValueError, OSError) as e:
+                log.warning("%s/%s: unreadable metrics (%s)", step.output, fname, e)
+    return {}
+
+
+def owned_by(obj: dict, uid: str | None) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is None or any(r.get("uid") == uid for r in refs)
+
+
+def parse_experiment(obj: dict):
+    """The validated spec of a CoEExperiment object read from the API (status and server fields dropped)."""
+    from coe_controller.spec import parse_spec
+
+    meta = obj.get("metadata", {})
+    body = {k: obj[k] for k in ("apiVersion", "kind", "spec") if k in obj}
+    body["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}
+    return parse_spec(body, f"coeexperiment {meta.get('namespace')}/{meta.get('name')}")
+
+
+def observe(obj: dict):
+    """Read the spec, plan and store state of one experiment: (spec, plan, published, metrics).
+
+    STEeR decisions are read before the published set: a plan is built from decisions at least as
+    old as the manifests seen, and the steps after an undecided round stay tentative (never started),
+    so a round published between the two reads cannot make the experiment look finished early.
+    """
+    from coe_controller.planner import observe_rounds, plan
+
+    from coe_runtime.store import get_store
+
+    spec = parse_experiment(obj)
+    store = get_store(spec.spec.store)
+    steps = plan(spec, observe_rounds(spec, store))
+    old_steps = {s.get("name"): s for s in (obj.get("status") or {}).get("steps") or []}
+    published: set[str] = set()
+    metrics: dict[str, dict] = {}
+    for step in steps:
+        manifest = store.manifest(step.output)
+        if manifest is None:
+            continue
+        published.add(step.name)
+        cached = old_steps.get(step.name, {})
+        if cached.get("state") == StepState.SUCCEEDED.value and "metrics" in cached:
+            metrics[step.name] = cached["metrics"]
+        else:
+            metrics[step.name] = _step_metrics(store, step, manifest)
+    return spec, steps, published, metrics
+
+
+def event_body(obj: dict, ev: EmitEvent, now: float, component: str = "coe-controller") -> dict:
+    import hashlib
+
+    meta = obj["metadata"]
+    digest = hashlib.sha256(f"{meta.get('uid')}{ev.reason}{ev.message}{now}".encode()).hexdigest()[:12]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{digest}", "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "reason": ev.reason,
+        "message": ev.message[:1000],
+        "type": ev.type,
+        "source": {"component": component},
+        "firstTimestamp": iso(now),
+        "lastTimestamp": iso(now),
+        "count": 1,
+    }
+
+
+def status_patch(old: dict, new: dict) -> dict:
+    """A merge-patch body that turns ``old`` status into ``new`` (keys that vanished become null)."""
+    patch = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def reconcile(kube: Kube, obj: dict, now: float | None = None, job_renderer=None) -> float | None:
+    """One level-triggered pass over one experiment; returns seconds until it wants another look."""
+    from coe_runtime.errors import ConfigError, StoreError
+
+    now = time.time() if now is None else now
+    job_renderer = job_renderer or render.renderer()
+    meta = obj["metadata"]
+    ns, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid")
+    old_status = obj.get("status") or {}
+    try:
+        spec, steps, published, metrics = observe(obj)
+    except ConfigError as e:
+        status = invalid_spec_status(obj, str(e), now)
+        if status != old_status:
+            if old_status.get("reason") != "InvalidSpec":
+                _emit(kube, obj, EmitEvent("Warning", "InvalidSpec", str(e)), now)
+            kube.patch_experiment_status(ns, name, status_patch(old_status, status))
+        return None
+    except StoreError as e:
+        # The store is where "done" lives: without it nothing can be decided. Look again soon.
+        log.warning("%s/%s: artifact store unavailable: %s", ns, name, e)
+        return 15.0
+
+    selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
+    jobs = [j for j in kube.list_jobs(ns, selector) if owned_by(j, uid)]
+    policy = RetryPolicy(max_retries=spec.spec.resources.max_retries)
+    actions = decide(
+        obj, steps, published, jobs, now, policy=policy, metrics=metrics, job_state=job_renderer.state
+    )
+    by_name = {s.name: s for s in steps}
+    requeue: float | None = None
+    for action in actions:
+        if isinstance(action, CreateJob):
+            step = by_name[action.step]
+            config_map, job = job_renderer.render(
+                Owner(name, ns, uid), step, action.attempt, render.settings_from(step.resources)
+            )
+            # Conflict: the step's frozen config exists already (made with an earlier attempt): keep it.
+            with contextlib.suppress(Conflict):
+                kube.create_configmap(ns, config_map)
+            try:
+                kube.create_job(ns, job)
+                log.info("%s/%s: created %s %s", ns, name, job["kind"], job["metadata"]["name"])
+            except Conflict:
+                log.info(
+                    "%s/%s: %s exists already (created before a restart)", ns, name, job["metadata"]["name"]
+                )
+        elif isinstance(action, EmitEvent):
+            _emit(kube, obj, action, now)
+        elif isinstance(action, SetStatus):
+            kube.patch_experiment_status(ns, name, status_patch(old_status, action.status))
+        elif isinstance(action, Requeue):
+            requeue = action.after_s
+    return requeue
+
+
+Owner = render.Owner
+
+
+def _emit(kube: Kube, obj: dict, ev: EmitEvent, now: float) -> None:
+    try:
+        kube.create_event(obj["metadata"].get("namespace") or "default", event_body(obj, ev, now))
+    except KubeError as e:  # an Event is a courtesy: never let it stop the reconcile
+        log.warning("could not record event %s: %s", ev.reason, e)

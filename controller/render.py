@@ -1,0 +1,404 @@
+"""Planned step -> Kubernetes objects. Pure functions: no API calls, no clock, no randomness.
+
+One small interface, :class:`JobRenderer`, hides which training-job kind runs a step: it renders the
+objects of one step attempt and reads a job's state back. :class:`PyTorchJobRenderer` (Kubeflow
+Training Operator v1, ``kubeflow.org/v1``) is the one we ship; a Trainer-v2 ``TrainJob`` renderer
+would implement the same two methods.
+
+Every step attempt becomes:
+
+* a ConfigMap ``<experiment>-<step>-config`` holding the step's frozen ``step.json`` (and the
+  DeepSpeed ``ds.json``), created once with the step's first job and never updated, so editing the
+  experiment later cannot change a step that has started (retries reuse it);
+* a PyTorchJob ``<experiment>-<step>-a<attempt>``: Master (exactly one replica) plus Workers when the
+  step asks for more than one node, each pod running
+  ``torchrun ... -m coe_runtime <kind> --config /etc/coe/step/step.json`` in the runtime image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Protocol
+
+from coe_controller import rbac
+
+from coe_runtime.step import dump_step
+
+DEFAULT_IMAGE = "ghcr.io/coe-k8s/coe-runtime:0.1.0"
+STEP_CONFIG_DIR = "/etc/coe/step"
+STEP_CONFIG_PATH = f"{STEP_CONFIG_DIR}/step.json"
+DEEPSPEED_DIR = "/etc/coe/deepspeed"
+DEEPSPEED_PATH = f"{DEEPSPEED_DIR}/ds.json"
+WORK_DIR = "/var/coe/work"
+CONTAINER_NAME = "pytorch"  # the training operator finds the container by this name
+RUNTIME_UID = 1000
+
+LABEL_EXPERIMENT = "coe.ml/experiment"
+LABEL_STEP = "coe.ml/step"
+LABEL_ATTEMPT = "coe.ml/attempt"
+LABEL_JOB = "coe.ml/job"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+MANAGED_BY = "coe-controller"
+
+_DNS1035_MAX = 63
+
+
+def dns1035(text: str, max_len: int = _DNS1035_MAX) -> str:
+    """A DNS-1035 label from ``text``: lower case, [a-z0-9-], starts with a letter, ends alnum.
+
+    When the cleaned text is longer than ``max_len`` it is cut and given a hash suffix of the *whole*
+    input, so two long names that share a prefix still differ.
+    """
+    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    clean = re.sub(r"-{2,}", "-", clean)
+    if not clean or not clean[0].isalpha():
+        clean = "x-" + clean
+    if len(clean) <= max_len:
+        return clean.rstrip("-")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return clean[: max_len - 9].rstrip("-") + "-" + digest
+
+
+def label_value(text: str) -> str:
+    """A valid label value (<= 63 chars, alnum at both ends), hash-suffixed when cut."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
+    if len(clean) <= 63:
+        return clean
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return clean[:54].rstrip("-_.") + "-" + digest
+
+
+def job_name(experiment: str, step: str, attempt: int) -> str:
+    return dns1035(f"{experiment}-{step}-a{attempt}")
+
+
+def config_map_name(experiment: str, step: str) -> str:
+    return dns1035(f"{experiment}-{step}-config")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Cluster settings of an experiment that shape its pods (from the spec's ``resources``)."""
+
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    gpus_per_pod: int = 0
+    cpu: str | None = None
+    memory: str | None = None
+    shm_size: str = "16Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    kueue_queue: str | None = None
+    s3_secret: str | None = None  # envFrom: AWS_* variables; never inlined in a manifest
+    env: dict[str, str] = field(default_factory=dict)
+    backoff_limit: int = 3  # pod restarts within one job (retryable exit codes 128-255)
+    active_deadline_seconds: int | None = None
+    max_retries: int = 2  # new jobs for a step after a Failed one
+
+
+def settings_from(resources: Any | None) -> JobSettings:
+    """JobSettings from a step's resources (``coe_controller.spec.ResourcesSpec`` with the step's
+    override applied, as the planner attaches it to each PlannedStep); None gives the defaults."""
+    if resources is None:
+        return JobSettings()
+    return JobSettings(
+        image=resources.image,
+        image_pull_policy=resources.image_pull_policy,
+        gpus_per_pod=resources.gpus_per_pod,
+        cpu=resources.cpu,
+        memory=resources.memory,
+        shm_size=resources.shm_size,
+        node_selector=dict(resources.node_selector),
+        tolerations=[
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
+        ],
+        priority_class_name=resources.priority_class_name,
+        service_account_name=resources.service_account_name,
+        kueue_queue=resources.queue_name,
+        s3_secret=resources.s3_credentials_secret,
+        backoff_limit=resources.backoff_limit,
+        active_deadline_seconds=resources.active_deadline_seconds,
+        max_retries=resources.max_retries,
+    )
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The experiment that owns the rendered objects (uid is unknown when rendering offline)."""
+
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+
+    def reference(self) -> list[dict]:
+        if not self.uid:
+            return []
+        return [
+            {
+                "apiVersion": f"{rbac.GROUP}/{rbac.VERSION}",
+                "kind": rbac.KIND,
+                "name": self.name,
+                "uid": self.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a training job says about itself, reduced to what the reconcile loop needs."""
+
+    phase: str  # Pending | Suspended | Running | Restarting | Succeeded | Failed
+    reason: str = ""
+    message: str = ""
+    start_time: str | None = None
+    finish_time: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+class JobRenderer(Protocol):
+    """What a training-job kind must provide."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+    def render(self, owner: Owner, step: Any, attempt: int, settings: JobSettings) -> list[dict]:
+        """The objects of one attempt: the frozen-config ConfigMap first, then the job."""
+
+    def state(self, job: dict) -> JobState:
+        """The job's state from its status."""
+
+
+def _bundled_deepspeed(name: str) -> dict | None:
+    try:
+        path = resources.files("coe_runtime") / "deepspeed" / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    except (ModuleNotFoundError, FileNotFoundError, json.JSONDecodeError):
+        return None
+    return None
+
+
+def frozen_step_files(step_config: Any) -> dict[str, str]:
+    """The ConfigMap data of a step: ``step.json`` as the pod reads it, and ``ds.json`` when used.
+
+    An inline or bundled DeepSpeed config is moved into ``ds.json`` and the step config points at the
+    mounted file, so what the pod runs is fully visible in the ConfigMap.
+    """
+    files: dict[str, str] = {}
+    ds = step_config.distributed.deepspeed
+    ds_dict = ds if isinstance(ds, dict) else _bundled_deepspeed(ds) if isinstance(ds, str) else None
+    if ds_dict is not None:
+        files["ds.json"] = json.dumps(ds_dict, indent=2, sort_keys=True)
+        distributed = step_config.distributed.model_copy(update={"deepspeed": DEEPSPEED_PATH})
+        step_config = step_config.model_copy(update={"distributed": distributed})
+    files["step.json"] = dump_step(step_config)
+    return dict(sorted(files.items()))
+
+
+def common_labels(owner: Owner, step_name: str, kind: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "coe",
+        "app.kubernetes.io/instance": label_value(owner.name),
+        "app.kubernetes.io/component": label_value(kind),
+        "app.kubernetes.io/part-of": "coe",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_EXPERIMENT: label_value(owner.name),
+        LABEL_STEP: label_value(step_name),
+    }
+
+
+def torchrun_command(kind: str, nnodes: int, nproc_per_node: int) -> list[str]:
+    # Bare torchrun: the training operator injects PET_NNODES/PET_NODE_RANK/PET_MASTER_ADDR/PORT
+    # (torchrun reads PET_* as its defaults), so the same command works for Master and Workers.
+    return [
+        "torchrun",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "coe_runtime",
+        kind,
+        "--config",
+        STEP_CONFIG_PATH,
+    ]
+
+
+class PyTorchJobRenderer:
+    api_version = f"{rbac.PYTORCHJOB_GROUP}/{rbac.PYTORCHJOB_VERSION}"
+    kind = rbac.PYTORCHJOB_KIND
+    plural = rbac.PYTORCHJOB_PLURAL
+
+    def render(self, owner: Owner, step: Any, attempt: int, settings: JobSettings) -> list[dict]:
+        config = step.config
+        files = frozen_step_files(config)
+        cm_name = config_map_name(owner.name, step.name)
+        labels = common_labels(owner, step.name, step.kind)
+        config_map = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": cm_name,
+                "namespace": owner.namespace,
+                "labels": labels,
+                "ownerReferences": owner.reference(),
+            },
+            "data": files,
+        }
+        name = job_name(owner.name, step.name, attempt)
+        job_labels = {**labels, LABEL_ATTEMPT: str(attempt)}
+        if settings.kueue_queue:
+            job_labels[LABEL_KUEUE_QUEUE] = settings.kueue_queue
+        pod_labels = {**labels, LABEL_ATTEMPT: str(attempt), LABEL_JOB: name}
+        nnodes = config.distributed.nnodes
+        nproc = config.distributed.nproc_per_node
+        template = self._pod_template(
+            config, cm_name, "ds.json" in files, pod_labels, settings, step, attempt
+        )
+        replica_specs: dict[str, dict] = {
+            "Master": {"replicas": 1, "restartPolicy": "ExitCode", "template": template}
+        }
+        if nnodes > 1:
+            replica_specs["Worker"] = {
+                "replicas": nnodes - 1,
+                "restartPolicy": "ExitCode",
+                "template": template,
+            }
+        run_policy: dict[str, Any] = {"backoffLimit": settings.backoff_limit, "cleanPodPolicy": "None"}
+        if settings.active_deadline_seconds:
+            run_policy["activeDeadlineSeconds"] = settings.active_deadline_seconds
+        if settings.kueue_queue:
+            run_policy["suspend"] = True  # Kueue admits (unsuspends) the job when quota allows
+        job = {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": {
+                "name": name,
+                "namespace": owner.namespace,
+                "labels": job_labels,
+                "annotations": {"coe.ml/config-map": cm_name},
+                "ownerReferences": owner.reference(),
+            },
+            "spec": {
+                "nprocPerNode": str(nproc),
+                "runPolicy": run_policy,
+                "pytorchReplicaSpecs": replica_specs,
+            },
+        }
+        return [config_map, job]
+
+    def _pod_template(
+        self, config: Any, cm_name: str, has_ds: bool, labels: dict, s: JobSettings, step: Any, attempt: int
+    ) -> dict:
+        limits: dict[str, str] = {}
+        requests: dict[str, str] = {}
+        if s.gpus_per_pod:
+            limits["nvidia.com/gpu"] = str(s.gpus_per_pod)
+        if s.cpu:
+            requests["cpu"] = s.cpu
+        if s.memory:
+            requests["memory"] = s.memory
+            limits["memory"] = s.memory
+        env = [
+            {"name": "COE_STEP", "value": step.name},
+            {"name": "COE_ATTEMPT", "value": str(attempt)},
+            {"name": "COE_CACHE_DIR", "value": f"{WORK_DIR}/cache"},
+            {"name": "HOME", "value": WORK_DIR},
+            {"name": "TMPDIR", "value": f"{WORK_DIR}/tmp"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+        ] + [{"name": k, "value": v} for k, v in sorted(s.env.items())]
+        mounts = [
+            {"name": "step-config", "mountPath": STEP_CONFIG_DIR, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "work", "mountPath": WORK_DIR},
+        ]
+        volumes: list[dict] = [
+            {
+                "name": "step-config",
+                "configMap": {"name": cm_name, "items": [{"key": "step.json", "path": "step.json"}]},
+            },
+            # NCCL and DataLoader workers need more shared memory than the container default (64 MiB).
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
+            {"name": "work", "emptyDir": {}},
+        ]
+        if has_ds:
+            mounts.append({"name": "deepspeed-config", "mountPath": DEEPSPEED_DIR, "readOnly": True})
+            volumes.append(
+                {
+                    "name": "deepspeed-config",
+                    "configMap": {"name": cm_name, "items": [{"key": "ds.json", "path": "ds.json"}]},
+                }
+            )
+        container: dict[str, Any] = {
+            "name": CONTAINER_NAME,
+            "image": s.image,
+            "imagePullPolicy": s.image_pull_policy,
+            "command": torchrun_command(
+                config.kind, config.distributed.nnodes, config.distributed.nproc_per_node
+            ),
+            "env": env,
+            "volumeMounts": mounts,
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "runAsNonRoot": True,
+            },
+        }
+        if s.s3_secret:
+            container["envFrom"] = [{"secretRef": {"name": s.s3_secret}}]
+        if limits or requests:
+            container["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+        pod_spec: dict[str, Any] = {
+            "containers": [container],
+            "volumes": volumes,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUNTIME_UID,
+                "runAsGroup": RUNTIME_UID,
+                "fsGroup": RUNTIME_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        }
+        if s.node_selector:
+            pod_spec["nodeSelector"] = dict(s.node_selector)
+        if s.tolerations:
+            pod_spec["tolerations"] = [dict(t) for t in s.tolerations]
+        if s.priority_class_name:
+            pod_spec["priorityClassName"] = s.priority_class_name
+        if s.service_account_name:
+            pod_spec["serviceAccountName"] = s.service_account_name
+        return {"metadata": {"labels": labels}, "spec": pod_spec}
+
+    def state(self, job: dict) -> JobState:
+        status = job.get("status") or {}
+        # Each condition type appears at most once, but several can be True at once
+        # (kubeflow/trainer#1650): look conditions up by type, never by list position.
+        true = {c.get("type"): c for c in status.get("conditions") or [] if str(c.get("status")) == "True"}
+        start = status.get("startTime")
+        for phase in ("Succeeded", "Failed"):
+            if phase in true:
+                c = true[phase]
+                finish = status.get("completionTime") or c.get("lastTransitionTime")
+                return JobState(phase, c.get("reason", ""), c.get("message", ""), start, finish)
+        for phase in ("Suspended", "Restarting", "Running"):
+            if phase in true:
+                c = true[phase]
+                return JobState(phase, c.get("reason", ""), c.get("message", ""), start)
+        return JobState("Pending", start_time=start)
+
+
+RENDERERS: dict[str, JobRenderer] = {"PyTorchJob": PyTorchJobRenderer()}
+
+
+def renderer(kind: str = "PyTorchJob") -> JobRenderer:
+    return RENDERERS[kind]
