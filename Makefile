@@ -44,3 +44,17 @@ test: setup-test lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache coe-runs
+
+# Container images (needs a Docker engine; see docs/cluster.md):
+#   make images TAG=0.1.0 REGISTRY=ghcr.io/coe-k8s [PUSH=0] [TORCH_CUDA_ARCH_LIST="9.0"]
+REGISTRY ?= ghcr.io/coe-k8s
+TAG      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+DOCKER   ?= docker
+PUSH     ?= 1
+# GPU architectures DeepSpeed's CUDA ops are compiled for (see images/runtime/Dockerfile).
+TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0;10.0;12.0
+
+images:
+	$(DOCKER) build -f images/runtime/Dockerfile --build-arg "TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)" -t $(REGISTRY)/coe-runtime:$(TAG) .
+	$(DOCKER) build -f images/controller/Dockerfile -t $(REGISTRY)/coe-controller:$(TAG) .
+	if [ "$(PUSH)" = 1 ]; then $(DOCKER) push $(REGISTRY)/coe-runtime:$(TAG) && $(DOCKER) push $(REGISTRY)/coe-controller:$(TAG); fi
