@@ -273,7 +273,9 @@ def load_model(
     ``device=None`` keeps the model on CPU; the dtype follows ``ref.dtype`` (auto: bf16 on GPU).
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per load clutters step logs and progress parsing
     path = resolve_model_path(ref)
     dtype = resolve_dtype(ref, device)
     try:

@@ -1,0 +1,323 @@
+"""Fast batched generation for evaluation, STEeR and clue writing.
+
+What makes it fast (and what the reference lacked): prompts are sorted by length so each batch
+holds similar lengths (little padding), left-padded, KV-cached, and each row stops as soon as its
+answer is complete (the closing ``>`` of a label tag, or EOS); finished rows are removed from the
+batch and its KV cache, so they stop costing work. ``max_new_tokens`` does not depend on the
+prompt length. Greedy by default; sampling (temperature/top-p) is configurable.
+
+Under ``torch.distributed`` each rank generates a disjoint shard and every rank receives all
+outputs, gathered back into the original order (the reference matched rank-local indices against
+the global gold list).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from coe_runtime import progress
+from coe_runtime.step import GenerateStep, GenerationSettings, ModelRef
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# A label tag as the answer parser reads it: ``<joy>``, ``< sadness >``.
+_TAG_AT_END = re.compile(r"<\s*([A-Za-z][A-Za-z _-]*?)\s*>[^<>]*$")
+
+
+@dataclass(frozen=True)
+class GenOutput:
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, max_tokens: int | None = None
+) -> list[int]:
+    """Token ids of a prompt (with the tokenizer's BOS), cut from the LEFT when longer than
+    ``max_tokens`` so the question at the end is never lost (the reference cut from the right)."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids and ids[0] == bos:
+        return [bos] + ids[len(ids) - (max_tokens - 1) :]
+    return ids[len(ids) - max_tokens :]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (memory peaks show early)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class AnswerCompleteStop:
+    """Decides, per row, whether the newest token completes a label tag.
+
+    Only rows whose newest token contains ``>`` are decoded (a precomputed id set), so the check
+    costs almost nothing. With ``label_names`` a tag must name a known label; without, any tag.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, label_names: Sequence[str] | None = None):
+        self.tokenizer = tokenizer
+        vocab = tokenizer.get_vocab()
+        self.closing_ids = {
+            i
+            for i in vocab.values()
+            if ">" in tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        }
+        self.label_names = {n.lower() for n in label_names} if label_names else None
+
+    def is_complete(self, new_tokens: Sequence[int]) -> bool:
+        if not new_tokens or new_tokens[-1] not in self.closing_ids:
+            return False
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        m = _TAG_AT_END.search(text)
+        if m is None:
+            return False
+        return self.label_names is None or m.group(1).strip().lower() in self.label_names
+
+
+def _pick_next(
+    logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None
+) -> torch.Tensor:
+    import torch
+
+    if not settings.do_sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        drop = sorted_p.cumsum(dim=-1) - sorted_p > settings.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Generator:
+    """Batched generation with one model (base + optional adapter) and its tokenizer."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        label_names: Sequence[str] | None = None,
+        max_prompt_tokens: int | None = None,
+        seed: int = 0,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names) if label_names else None
+        self.max_prompt_tokens = max_prompt_tokens
+        self.seed = seed
+        self._stop = AnswerCompleteStop(tokenizer, self.label_names)
+
+    @classmethod
+    def load(
+        cls,
+        model_ref: ModelRef,
+        adapter: str | None = None,
+        device: str | None = None,
+        label_names: Sequence[str] | None = None,
+    ) -> Generator:
+        """Base model by reference plus an adapter URI/path (None: the base model alone)."""
+        from coe_runtime.models import default_device, load_model, load_tokenizer
+
+        device = device or default_device()
+        model = load_model(model_ref, adapter=adapter, device=device)
+        model.eval()
+        return cls(model, load_tokenizer(model_ref), label_names=label_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _prompt_budget(self, settings: GenerationSettings) -> int | None:
+        if self.max_prompt_tokens is not None:
+            return self.max_prompt_tokens
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        return None if limit is None else max(1, limit - settings.max_new_tokens)
+
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings, shard: bool = True
+    ) -> list[GenOutput]:
+        """Outputs in the order of ``prompts``. With ``shard`` under torch.distributed, each rank
+        does its share and all ranks get every output."""
+        rank, world = dist_info() if shard else (0, 1)
+        mine = list(range(rank, len(prompts), world))
+        local = self._generate_local([prompts[i] for i in mine], settings)
+        if world == 1:
+            return local
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, list(zip(mine, local, strict=True)))
+        out: list[GenOutput | None] = [None] * len(prompts)
+        for part in gathered:
+            for i, o in part:
+                if out[i] is not None:
+                    raise RuntimeError(f"generation shard overlap at prompt {i}")
+                out[i] = o
+        missing = [i for i, o in enumerate(out) if o is None]
+        if missing:
+            raise RuntimeError(f"generation shards missed prompts {missing[:10]}")
+        return out  # type: ignore[return-value]
+
+    def _generate_local(self, prompts: Sequence[str], settings: GenerationSettings) -> list[GenOutput]:
+        import torch
+
+        budget = self._prompt_budget(settings)
+        encoded = [encode_prompt(self.tokenizer, p, budget) for p in prompts]
+        results: list[GenOutput | None] = [None] * len(prompts)
+        rng = None
+        if settings.do_sample:
+            rng = torch.Generator(device=self.device).manual_seed(self.seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in length_sorted_batches([len(e) for e in encoded], settings.batch_size):
+                    for i, new in zip(
+                        batch, self._decode_batch([encoded[i] for i in batch], settings, rng), strict=True
+                    ):
+                        text = self.tokenizer.decode(new, skip_special_tokens=True)
+                        results[i] = GenOutput(text, len(encoded[i]), len(new))
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def _cache_kwarg(self) -> str:
+        """The forward() argument that takes the KV cache: ``cache`` in newer transformers v5
+        releases (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+        import inspect
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def _decode_batch(
+        self, batch: list[list[int]], settings: GenerationSettings, rng: torch.Generator | None
+    ) -> list[list[int]]:
+        """Greedy/sampled decoding of one left-padded batch with a KV cache that shrinks as rows finish."""
+        import torch
+        from transformers import DynamicCache
+
+        device = self.device
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        cache_kw = self._cache_kwarg()
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_kw: cache},
+        ).logits[:, -1, :]
+        next_pos = positions[:, -1] + 1
+        active = list(range(len(batch)))  # original row of each live row
+        new_tokens: list[list[int]] = [[] for _ in batch]
+        for step in range(settings.max_new_tokens):
+            chosen = _pick_next(logits, settings, rng)
+            keep: list[int] = []
+            for live, tok in enumerate(chosen.tolist()):
+                row = active[live]
+                if tok == eos:
+                    continue  # EOS ends the row; it is not part of the text
+                new_tokens[row].append(tok)
+                if settings.stop_at_label and self._stop.is_complete(new_tokens[row]):
+                    continue
+                keep.append(live)
+            if not keep or step == settings.max_new_tokens - 1:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                attention, chosen, next_pos = attention[index], chosen[index], next_pos[index]
+                active = [active[i] for i in keep]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+            logits = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=attention,
+                position_ids=next_pos[:, None],
+                use_cache=True,
+                **{cache_kw: cache},
+            ).logits[:, -1, :]
+            next_pos = next_pos + 1
+        return new_tokens
+
+
+def run_generate(step: GenerateStep) -> dict:
+    """Predictions JSONL ``{id, output, parsed_label, gold, parse_method}`` (+ ``metrics.json``),
+    published under ``step.output`` by rank 0."""
+    from coe_runtime.data import read_examples
+    from coe_runtime.evaluate import evaluate_examples, label_set_of
+    from coe_runtime.metrics import write_metrics
+    from coe_runtime.models import default_device
+    from coe_runtime.store import get_store, materialize, normalize_uri
+
+    step = step.model_copy(update={"output": normalize_uri(step.output)})
+    label_set = label_set_of(step.label_set)
+    examples = read_examples(materialize(step.input_file))
+    progress.report(step=step.name, phase="load", message=f"{len(examples)} examples")
+    generator = Generator.load(
+        step.base_model, step.adapter, device=default_device(), label_names=label_set.prompt_names
+    )
+    start = time.perf_counter()
+    predictions, metrics = evaluate_examples(
+        generator,
+        examples,
+        label_set,
+        step.generation,
+        with_metrics=step.with_metrics,
+        source=step.input_file,
+    )
+    seconds = time.perf_counter() - start
+    summary = {"examples": len(examples), "seconds": round(seconds, 3)}
+    if metrics is not None:
+        summary.update({k: metrics[k] for k in ("weighted_f1", "accuracy") if k in metrics})
+    rank, _ = dist_info()
+    if rank == 0:
+        with tempfile.TemporaryDirectory(prefix="coe-generate-") as tmp:
+            write_predictions(Path(tmp) / "predictions.jsonl", predictions)
+            if metrics is not None:
+                write_metrics(tmp, metrics)
+            get_store(step.output).publish(tmp, step.output, meta={"kind": "generate", **summary})
+    progress.report(step=step.name, phase="done", **summary)
+    return summary
+
+
+def write_predictions(path: Path, predictions: Sequence[Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for p in predictions:
+            f.write(
+                json.dumps(asdict(p) if hasattr(p, "__dataclass_fields__") else p, ensure_ascii=False) + "\n"
+            )
+    tmp.replace(path)
