@@ -180,7 +180,9 @@ class Operator:
         identity: str | None = None,
         resync_s: float = 30.0,
         lease_s: int = 15,
+        retry_backoff_s: float = 10.0,
     ):
+        self.retry_backoff_s = retry_backoff_s
         self.kube = kube
         self.namespace = namespace
         self.resync_s = resync_s
@@ -211,7 +213,7 @@ class Operator:
                 break  # lease about to lapse: stop acting before another replica may start
             key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
             try:
-                after = reconcile.reconcile(self.kube, obj)
+                after = reconcile.reconcile(self.kube, obj, backoff_base_s=self.retry_backoff_s)
             except KubeError as e:
                 log.warning("%s: %s (will retry)", key, e)
                 after = 2.0

@@ -563,7 +563,9 @@ def status_patch(old: dict, new: dict) -> dict:
     return patch
 
 
-def reconcile(kube: Kube, obj: dict, now: float | None = None, job_renderer=None) -> float | None:
+def reconcile(
+    kube: Kube, obj: dict, now: float | None = None, job_renderer=None, backoff_base_s: float = 10.0
+) -> float | None:
     """One level-triggered pass over one experiment; returns seconds until it wants another look."""
     from coe_runtime.errors import ConfigError, StoreError
 
@@ -588,7 +590,7 @@ def reconcile(kube: Kube, obj: dict, now: float | None = None, job_renderer=None
 
     selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
     jobs = [j for j in kube.list_jobs(ns, selector) if owned_by(j, uid)]
-    policy = RetryPolicy(max_retries=spec.spec.resources.max_retries)
+    policy = RetryPolicy(max_retries=spec.spec.resources.max_retries, backoff_base_s=backoff_base_s)
     actions = decide(
         obj, steps, published, jobs, now, policy=policy, metrics=metrics, job_state=job_renderer.state
     )

@@ -251,7 +251,7 @@ class PyTorchJobRenderer:
                 "name": cm_name,
                 "namespace": owner.namespace,
                 "labels": labels,
-                "ownerReferences": owner.reference(),
+                **({"ownerReferences": owner.reference()} if owner.uid else {}),
             },
             "data": files,
         }
@@ -287,7 +287,7 @@ class PyTorchJobRenderer:
                 "namespace": owner.namespace,
                 "labels": job_labels,
                 "annotations": {"coe.ml/config-map": cm_name},
-                "ownerReferences": owner.reference(),
+                **({"ownerReferences": owner.reference()} if owner.uid else {}),
             },
             "spec": {
                 "nprocPerNode": str(nproc),

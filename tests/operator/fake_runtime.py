@@ -1,0 +1,58 @@
+"""A fast stand-in for ``python -m coe_runtime <kind> --config step.json`` (failure/restart tests).
+
+It reads the real step config, checks that the inputs it would read are published, writes small
+outputs of the right names (round decisions, metrics) and publishes them through the real store,
+so the controller sees exactly what a real step leaves behind — in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from coe_runtime.step import load_step
+from coe_runtime.store import get_store
+
+
+def main(argv: list[str]) -> int:
+    kind, config = argv[0], argv[argv.index("--config") + 1]
+    step = load_step(config)
+    assert step.kind == kind, (step.kind, kind)
+    store = get_store(step.output)
+    # The controller must start a step only after its inputs are published.
+    adapter = getattr(step, "init_adapter", None) or getattr(step, "adapter", None)
+    if adapter and not store.list(adapter):
+        print(f"fake runtime: input adapter {adapter} is not published", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if kind == "train":
+            (out / "adapter").mkdir()
+            (out / "adapter" / "adapter_config.json").write_text("{}")
+            if step.eval_file:
+                (out / "best.json").write_text(json.dumps({"epoch": 1, "weighted_f1": 0.61, "accuracy": 0.7}))
+        elif kind == "steer_round":
+            n = step.round
+            decision = {
+                "round": n,
+                "continue": n < step.steer.rounds,
+                "accepted": 3,
+                "memory_size": 10 + 3 * n,
+            }
+            (out / f"round-{n}.json").write_text(json.dumps(decision))
+            (out / f"memory-r{n}.jsonl").write_text("")
+            (out / f"pool-r{n}.jsonl").write_text("")
+        elif kind == "generate":
+            (out / "predictions.jsonl").write_text("")
+            (out / "metrics.json").write_text(json.dumps({"weighted_f1": 0.55, "accuracy": 0.6}))
+        else:
+            (out / "summary.json").write_text(json.dumps({"kind": kind}))
+        store.publish(out, step.output, meta={"fake": True})
+    print(f"fake runtime: published {step.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,219 @@
+"""The controller as a real process against the kmock API emulator, with a harness playing the
+training operator. Every object the controller writes is validated against the real schemas."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import time
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from coe_controller import crd
+
+from tests.operator.harness import ControllerProcess, TrainingOperator, wait_for
+from tests.support.kmock_api import KubeAPI
+
+pytestmark = pytest.mark.k8s
+
+REPO = Path(__file__).resolve().parents[2]
+PYTORCHJOB_CRD = REPO.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
+NS = "coe-test"
+
+
+def pytorchjob_schema() -> dict:
+    if not PYTORCHJOB_CRD.is_file():
+        pytest.skip(f"{PYTORCHJOB_CRD} not found")
+    doc = yaml.safe_load(PYTORCHJOB_CRD.read_text())
+    return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def validate_writes(api: KubeAPI) -> None:
+    """Every version the controller stored of every kind it writes, against the real schemas."""
+    job_schema = crd.to_jsonschema(pytorchjob_schema())
+    for job in api.history("pytorchjobs"):
+        jsonschema.Draft4Validator(job_schema).validate(job)
+        name = job["metadata"]["name"]
+        assert len(name) <= 63 and name[0].isalpha(), name
+        assert job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
+    exp_schema = crd.to_jsonschema(crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    for exp in api.history("coeexperiments"):
+        jsonschema.Draft4Validator(exp_schema).validate(exp)
+    for plural in ("configmaps", "events"):
+        for obj in api.objects(plural, NS):
+            clean = copy.deepcopy(obj)
+            # server-populated fields as kmock writes them (generation is not in core kinds' schema)
+            clean["metadata"].pop("generation", None)
+            kubernetes_validate.validate(clean, "1.30", strict=True)
+
+
+def experiment_doc(
+    stages: list[str] | None, store: str, name: str = "exp", max_retries: int = 2, **steer
+) -> dict:
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": NS}
+    spec = doc["spec"]
+    spec["store"] = store
+    if stages is not None:
+        spec.pop("strategy", None)
+        spec["stages"] = stages
+    spec["steer"].update(steer)
+    spec["resources"].update(maxRetries=max_retries, s3CredentialsSecret="coe-s3")
+    return doc
+
+
+@pytest.fixture()
+def api():
+    server = KubeAPI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def cluster(api, tmp_path):
+    """The emulator with a namespace's S3 Secret, a kubeconfig, a harness and a controller (not started)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api.api_client())
+    core.create_namespaced_secret(
+        NS, {"metadata": {"name": "coe-s3", "namespace": NS}, "stringData": {}, "data": {}}
+    )
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", NS)
+    harness = TrainingOperator(api, NS, tmp_path / "pods", fake=True)
+    controller = ControllerProcess(kubeconfig, NS, log=tmp_path / "controller.log")
+    yield api, harness, controller, tmp_path
+    controller.kill()
+    print((tmp_path / "controller.log").read_text()[-5000:] if (tmp_path / "controller.log").exists() else "")
+
+
+def submit(api: KubeAPI, doc: dict) -> None:
+    from coe_controller.kube import Kube
+
+    Kube(api.api_client(), role="user").create_experiment(NS, doc)
+
+
+def experiment(api: KubeAPI, name: str = "exp") -> dict:
+    return next(o for o in api.objects("coeexperiments", NS) if o["metadata"]["name"] == name)
+
+
+def phase(api: KubeAPI, name: str = "exp") -> str:
+    return (experiment(api, name).get("status") or {}).get("phase", "")
+
+
+def drive(
+    api: KubeAPI, harness: TrainingOperator, until=("Succeeded", "Failed"), timeout: float = 120
+) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if phase(api) in until:
+            return experiment(api)
+        harness.step_all()
+        time.sleep(0.2)
+    raise AssertionError(
+        f"experiment still {phase(api)!r} after {timeout}s; status: {experiment(api).get('status')}"
+    )
+
+
+def job_posts(api: KubeAPI) -> collections.Counter:
+    return collections.Counter(
+        (r.data or {}).get("metadata", {}).get("name")
+        for r in api.handler._requests
+        if r.method == "POST" and r.resource is not None and r.resource.plural == "pytorchjobs"
+    )
+
+
+def test_restarts_at_every_point_create_each_job_exactly_once(cluster):
+    api, harness, controller, tmp = cluster
+    submit(api, experiment_doc(["steer", "erc"], f"file://{tmp}/store", rounds=2))
+    controller.start()
+    first = wait_for(lambda: harness.jobs(), what="the first job")[0]
+    controller.kill()  # killed right after a create
+    controller.start()
+    harness.mark_running(first)
+    time.sleep(1.0)
+    controller.kill()  # killed mid-step
+    controller.start()
+    harness.finish(first, harness.run(first))
+    controller.kill()  # killed between steps (outputs published, next job not necessarily created)
+    time.sleep(0.5)
+    controller.start()
+    for _ in range(2):  # two more restarts somewhere in the middle of the run
+        wait_for(lambda: harness.step_all() or True, timeout=5)
+        time.sleep(0.8)
+        controller.kill()
+        controller.start()
+    done = drive(api, harness)
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    names = [s["name"] for s in status["steps"]]
+    assert names == ["prepare", "steer-r1-train", "steer-r1", "steer-r2-train", "steer-r2", "erc", "test"]
+    created = api.created("pytorchjobs")
+    assert len(created) == len(set(created)) == len(names), created
+    assert all(n == 1 for n in job_posts(api).values()), job_posts(api)
+    assert controller.starts >= 6
+    assert status["steerRound"] == 2 and [r["round"] for r in status["steerRounds"]] == [1, 2]
+    assert status["bestDevWeightedF1"] == pytest.approx(0.61)
+    assert status["bestMetrics"]["testWeightedF1"] == pytest.approx(0.55)
+    cond = {c["type"]: c for c in status["conditions"]}
+    assert cond["Succeeded"]["status"] == "True" and cond["Succeeded"]["observedGeneration"] == 1
+    validate_writes(api)
+
+
+def test_failed_once_is_retried_and_always_failing_ends_failed(cluster):
+    api, harness, controller, tmp = cluster
+    harness.fail_attempts = {"erc": 1}
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store"))
+    controller.start()
+    status = drive(api, harness)["status"]
+    assert status["phase"] == "Succeeded", status
+    erc = next(s for s in status["steps"] if s["name"] == "erc")
+    assert erc["attempts"] == 2 and erc["jobName"] == "exp-erc-a2"
+    reasons = [e["reason"] for e in api.objects("events", NS)]
+    assert "StepAttemptFailed" in reasons or "StepRetried" in reasons, reasons
+
+    # a step that always fails: max_retries=1 -> two attempts, then the experiment fails with the reason
+    harness.fail_attempts = {"erc": 99}
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store2", name="bad", max_retries=1))
+    deadline = time.time() + 60
+    while phase(api, "bad") not in ("Succeeded", "Failed") and time.time() < deadline:
+        harness.step_all()
+        time.sleep(0.2)
+    bad = experiment(api, "bad")["status"]
+    assert bad["phase"] == "Failed", bad
+    assert bad["reason"] == "PyTorchJobFailed"
+    assert "step erc failed after 2 attempt(s)" in bad["message"]
+    assert [j for j in api.created("pytorchjobs") if j.startswith("bad-erc")] == ["bad-erc-a1", "bad-erc-a2"]
+    assert "test" not in [j.split("-")[1] for j in api.created("pytorchjobs") if j.startswith("bad-")]
+    validate_writes(api)
+
+
+def test_conflict_on_create_and_api_outage_are_survived(cluster):
+    api, harness, controller, tmp = cluster
+    # The first job create "happens" but its answer is lost (409 on the retry path is "done").
+    api.inject("POST", r"/pytorchjobs$", 409, apply=True)
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store"))
+    controller.start()
+    first = wait_for(lambda: harness.jobs(), what="the first job")[0]
+    harness.finish(first, harness.run(first))
+    api.outage(3.0)  # connections refused, watches cut
+    status = drive(api, harness)["status"]
+    assert status["phase"] == "Succeeded", status
+    created = api.created("pytorchjobs")
+    assert created == ["exp-prepare-a1", "exp-erc-a1", "exp-test-a1"], created
+    assert controller.alive(), "the controller must survive an unreachable API server"
+    validate_writes(api)
+
+
+def test_deleting_the_experiment_removes_its_jobs(cluster):
+    api, harness, controller, tmp = cluster
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store"))
+    controller.start()
+    wait_for(lambda: harness.jobs(), what="the first job")
+    from coe_controller.kube import Kube
+
+    Kube(api.api_client(), role="user").delete_experiment(NS, "exp")
+    assert api.objects("pytorchjobs", NS) == []
+    assert api.objects("configmaps", NS) == []
