@@ -52,7 +52,7 @@ S3_PAGE_MAX = 1000
 CREDENTIALS_HINT = (
     "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary "
     "credentials) or AWS_PROFILE; in the cluster they come from the Secret named by the "
-    "experiment's storage settings"
+    "experiment's spec.resources.s3CredentialsSecret"
 )
 ENDPOINT_HINT = "check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and that the server is up"
 
@@ -137,7 +137,7 @@ class S3Settings:
         return Config(
             region_name=self.region,
             s3={"addressing_style": addressing_style},
-            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},  # incl. the first
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             max_pool_connections=32,  # >= transfer concurrency, or parts wait for a connection
