@@ -212,6 +212,11 @@ def _check_manifest(uri: str, manifest: Any) -> None:
             raise StoreError(f"{where}: path {path!r} must be relative and stay inside the prefix")
 
 
+def entries_under(manifest: dict, rel: str) -> list[dict]:
+    """Manifest entries of the file ``rel`` or of the folder ``rel`` ("" = everything)."""
+    return [e for e in manifest["files"] if not rel or e["path"] == rel or e["path"].startswith(rel + "/")]
+
+
 def verify_file(local: Path, entry: dict, uri: str) -> None:
     """Size and sha256 of a downloaded file against its manifest entry; a bad file is removed."""
     size = local.stat().st_size
@@ -330,6 +335,7 @@ class Transfer:
     downloaded: int = 0  # files actually transferred (the rest were already present and verified)
     bytes: int = 0
     republished: bool = False  # copy(): the destination got its own manifest
+    destination: str = ""  # copy(): the destination URI
 
 
 def materialize(uri: str) -> Path:
@@ -360,9 +366,7 @@ def download(uri: str, dest: str | Path, remember_versions: bool = False) -> Tra
     prefix, manifest = store.find_manifest(uri)
     if manifest is not None:
         rel = uri[len(prefix) :].strip("/")
-        entries = [
-            e for e in manifest["files"] if not rel or e["path"] == rel or e["path"].startswith(rel + "/")
-        ]
+        entries = entries_under(manifest, rel)
         if not entries:
             raise StoreError(f"{uri}: no such artifact (not listed in {join(prefix, MANIFEST)})")
         result = Transfer(dest, prefix)
@@ -466,6 +470,7 @@ def copy(src: str, dst: str) -> Transfer:
             result = download(src, Path(staging) / "artifact")
             local = result.path
         name = src.rsplit("/", 1)[-1]
+        target = dst
         if local.is_dir():
             if result.published is not None and result.published == src:
                 meta = dict(src_store.manifest(src).get("meta") or {})
@@ -477,26 +482,24 @@ def copy(src: str, dst: str) -> Transfer:
                 entries = dst_store.put_dir(local, dst)
                 result.files, result.bytes = len(entries), sum(e["size"] for e in entries)
         else:
-            target = dst
             if dst.endswith("/") or (isinstance(dst_store, FileStore) and FileStore._path(dst).is_dir()):
                 target = join(dst, name)
             dst_store.put_file(local, target)
             result.files, result.bytes = 1, local.stat().st_size
-        result.path = Path(dst)
+        result.destination = target if not local.is_dir() else dst
         return result
 
 
 def _verify_local(local: Path, prefix: str, uri: str, manifest: dict) -> None:
     rel = uri[len(prefix) :].strip("/")
-    for entry in manifest["files"]:
-        if not rel or entry["path"] == rel or entry["path"].startswith(rel + "/"):
-            sub = entry["path"][len(rel) :].lstrip("/")
-            path = local / sub if sub else local
-            if not path.is_file():
-                raise StoreError(f"{join(prefix, entry['path'])}: listed in the manifest but missing")
-            size = path.stat().st_size
-            if size != entry["size"] or sha256_file(path) != entry["sha256"]:
-                raise StoreError(
-                    f"{join(prefix, entry['path'])}: does not match its manifest (size {size}, expected "
-                    f"{entry['size']}); the artifact is corrupt or was overwritten after publishing"
-                )
+    for entry in entries_under(manifest, rel):
+        sub = entry["path"][len(rel) :].lstrip("/")
+        path = local / sub if sub else local
+        if not path.is_file():
+            raise StoreError(f"{join(prefix, entry['path'])}: listed in the manifest but missing")
+        size = path.stat().st_size
+        if size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise StoreError(
+                f"{join(prefix, entry['path'])}: does not match its manifest (size {size}, expected "
+                f"{entry['size']}); the artifact is corrupt or was overwritten after publishing"
+            )

@@ -118,5 +118,5 @@ def cmd_cp(args: argparse.Namespace) -> int:
         state = "verified"
     else:
         state = "not published: copied without checksum verification"
-    print(f"{args.src} -> {result.path}: {result.files} files, {_human(result.bytes)} ({state})")
+    print(f"{args.src} -> {result.destination}: {result.files} files, {_human(result.bytes)} ({state})")
     return 0

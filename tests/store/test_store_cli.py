@@ -64,7 +64,8 @@ def test_ls_get_cp_round_trip(root, tmp_path, capsys):
         f"file://{tmp_path / 'other' / 'copy'}" if root.startswith("s3://") else join(root, "exp", "erc-copy")
     )
     assert main(["artifacts", "cp", prefix, target]) == 0
-    assert "published at the destination" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "published at the destination" in out and f"-> {target}:" in out
     copied = get_store(target).manifest(target)
     assert copied["meta"] == {"step": "erc", "copied_from": prefix}
     # a plain local folder (a path, not a URI) and a single file
