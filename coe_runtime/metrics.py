@@ -48,6 +48,7 @@ def compute_metrics(
     if bad_pred:
         raise ConfigError(f"predicted labels {bad_pred} are not in label set {label_set.name!r} {labels}")
     y_pred = [UNPARSED if p is None else p for p in pred]
+    occurring = [lab for lab in labels if lab in set(gold) | set(pred)]
     y_gold = list(gold)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_gold, y_pred, labels=labels, zero_division=0
@@ -72,7 +73,9 @@ def compute_metrics(
         "prompt_names": list(label_set.prompt_names),
         "n": n,
         "weighted_f1": _pct(f1_score(y_gold, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "macro_f1": _pct(f1_score(y_gold, y_pred, labels=labels, average="macro", zero_division=0)),
+        # Macro over the labels that occur (in gold or predictions): a label absent from both
+        # would add a meaningless 0 (small dev/test subsets often miss a rare class).
+        "macro_f1": _pct(f1_score(y_gold, y_pred, labels=occurring, average="macro", zero_division=0)),
         "accuracy": _pct(accuracy_score(y_gold, y_pred)),
         "per_class": per_class,
         "confusion_matrix": {"rows": labels, "columns": [*labels, "unparsed"], "counts": cm.tolist()},

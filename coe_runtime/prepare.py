@@ -14,6 +14,7 @@ Only the files of ``step.tasks`` are written. Under torchrun only rank 0 prepare
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections import Counter
@@ -46,6 +47,8 @@ def tokenizer_counter(step: PrepareStep) -> tuple[CountTokens | None, str]:
         return None, "estimate"
     tokenizer = load_tokenizer(step.base_model)
 
+    # Cached: targets ("<joy>"), hints and clue sections repeat across thousands of prompts.
+    @functools.lru_cache(maxsize=65536)
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
 

@@ -221,11 +221,22 @@ def build_prompt(
         text = _render(task, dialogue, index, start, label_set, clues, cap, candidates)
         return text, count(text) + extra
 
-    # 1. Drop the oldest history utterance first.
-    for start in range(max(0, index - history_window), index + 1):
-        text, n = size(start, None)
+    # 1. Drop the oldest history utterances first: the earliest start that fits (binary search;
+    #    fewer utterances never need more tokens). Most prompts fit whole: one count.
+    window_start = max(0, index - history_window)
+    text, n = size(window_start, None)
+    if n <= max_length:
+        return finish(text, n, window_start, None)
+    lo, hi, fit = window_start + 1, index, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        text, n = size(mid, None)
         if n <= max_length:
-            return finish(text, n, start, None)
+            fit, hi = (text, n, mid), mid - 1
+        else:
+            lo = mid + 1
+    if fit is not None:
+        return finish(fit[0], fit[1], fit[2], None)
     # 2. No history left: shorten clues, the largest common word cap that fits (binary search).
     if clues is not None:
         lo, hi = 0, _longest_clue_words(dialogue, index, clues, candidates, task)
