@@ -350,15 +350,17 @@ def materialize(uri: str) -> Path:
     uri = normalize_uri(uri).rstrip("/")
     if urlparse(uri).scheme == "file":
         return FileStore._path(uri)
-    return download(uri, cache_path(uri), remember_versions=True).path
+    return download(uri, cache_path(uri), cache=True).path
 
 
-def download(uri: str, dest: str | Path, remember_versions: bool = False) -> Transfer:
+def download(uri: str, dest: str | Path, cache: bool = False) -> Transfer:
     """Copy a file or folder URI to ``dest`` (a file path, or a folder for a folder URI).
 
     Files covered by a manifest are verified (size + sha256) and skipped when ``dest`` already
-    holds them intact. ``remember_versions`` (cache use) records the version of unpublished
-    objects so that an unchanged object is not fetched again.
+    holds them intact. ``cache=True`` (what ``materialize`` uses; ``dest`` is a cache folder that
+    holds only this artifact) also records the version of unpublished objects, so an unchanged
+    object is not fetched again, and removes files the artifact no longer has. Without it,
+    nothing else in ``dest`` is touched.
     """
     uri = normalize_uri(uri).rstrip("/")
     dest = Path(dest)
@@ -371,25 +373,34 @@ def download(uri: str, dest: str | Path, remember_versions: bool = False) -> Tra
             raise StoreError(f"{uri}: no such artifact (not listed in {join(prefix, MANIFEST)})")
         result = Transfer(dest, prefix)
         if len(entries) == 1 and entries[0]["path"] == rel:
-            _download_file(store, uri, dest, result, entry=entries[0])
+            result.path = _file_target(uri, dest, cache)
+            _download_file(store, uri, result.path, result, entry=entries[0])
             return result
         for entry in entries:
             sub = entry["path"][len(rel) :].lstrip("/")
             _download_file(store, join(prefix, entry["path"]), dest / sub, result, entry=entry)
-        _remove_unlisted(dest, {e["path"][len(rel) :].lstrip("/") for e in entries})
+        if cache:
+            _remove_unlisted(dest, {e["path"][len(rel) :].lstrip("/") for e in entries})
         return result
     objects = store.list_info(uri)
     if not objects:
         raise StoreError(f"{uri}: no such artifact")
     result = Transfer(dest, None)
     if list(objects) == [uri]:
-        _download_file(store, uri, dest, result, version=objects[uri], remember=remember_versions)
+        result.path = _file_target(uri, dest, cache)
+        _download_file(store, uri, result.path, result, version=objects[uri], remember=cache)
         return result
     for object_uri, info in objects.items():
         sub = object_uri[len(uri) + 1 :]
-        _download_file(store, object_uri, dest / sub, result, version=info, remember=remember_versions)
-    _remove_unlisted(dest, {u[len(uri) + 1 :] for u in objects})
+        _download_file(store, object_uri, dest / sub, result, version=info, remember=cache)
+    if cache:
+        _remove_unlisted(dest, {u[len(uri) + 1 :] for u in objects})
     return result
+
+
+def _file_target(uri: str, dest: Path, cache: bool) -> Path:
+    """A file downloaded into an existing folder keeps its name (like ``cp``)."""
+    return dest / uri.rsplit("/", 1)[-1] if not cache and dest.is_dir() else dest
 
 
 def _version_file(local: Path) -> Path:

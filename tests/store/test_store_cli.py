@@ -58,6 +58,11 @@ def test_ls_get_cp_round_trip(root, tmp_path, capsys):
     (tmp_path / "one").mkdir()
     assert main(["artifacts", "get", join(prefix, "metrics.json"), str(tmp_path / "one" / "m.json")]) == 0
     assert (tmp_path / "one" / "m.json").read_text() == '{"weighted_f1": 0.7}'
+    assert main(["artifacts", "get", join(prefix, "metrics.json"), str(tmp_path / "one")]) == 0
+    assert (tmp_path / "one" / "metrics.json").read_text() == '{"weighted_f1": 0.7}'
+    # a download into a folder never removes what else is there
+    assert main(["artifacts", "get", prefix, str(tmp_path / "one")]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["adapter", "m.json", "metrics.json"]
 
     # cp: published prefix to the other back-end and back, stays published and verified.
     target = (
