@@ -56,6 +56,14 @@ EXPECTED = {
 }
 
 
+def need(data_dir: Path, rel: str) -> Path:
+    """The file, or skip: a data folder may hold only some of the benchmarks."""
+    path = data_dir / rel
+    if not path.exists():
+        pytest.skip(f"{rel} not in {data_dir}")
+    return path
+
+
 def _format_of(rel: str) -> str:
     if rel.startswith("meld/"):
         return "meld"
@@ -64,10 +72,7 @@ def _format_of(rel: str) -> str:
 
 @pytest.mark.parametrize("rel", sorted(EXPECTED))
 def test_real_file_counts(data_dir: Path, rel: str):
-    path = data_dir / rel
-    if not path.is_file():
-        pytest.skip(f"{rel} not in {data_dir}")
-    dialogues = read_file(path, _format_of(rel))
+    dialogues = read_file(need(data_dir, rel), _format_of(rel))
     n_utt, n_dia, labels = EXPECTED[rel]
     utterances = [u for d in dialogues for u in d.utterances]
     assert len(utterances) == n_utt
@@ -79,7 +84,7 @@ def test_real_file_counts(data_dir: Path, rel: str):
 
 
 def test_meld_traps(data_dir: Path):
-    train = read_file(data_dir / "meld/train_sent_emo.csv", "meld")
+    train = read_file(need(data_dir, "meld/train_sent_emo.csv"), "meld")
     ids = {d.dialogue_id for d in train}
     assert "meld-train-d60" not in ids and "meld-train-d59" in ids  # dialogue 60 is absent from train
     assert train[0].utterances[0].uid == "meld-train-d0-u0"
@@ -97,9 +102,8 @@ def test_meld_traps(data_dir: Path):
 
 def test_emorynlp_csv_ids_match_v1_json(data_dir: Path):
     """The ERC CSV's uids are the v1.0 JSON's: same text, speakers and label for every CSV line."""
-    json_dir = data_dir / "emorynlp/v1.0-json"
-    if not json_dir.is_dir():
-        pytest.skip("EmoryNLP v1.0 JSON not present")
+    json_dir = need(data_dir, "emorynlp/v1.0-json")
+    need(data_dir, "emorynlp/emorynlp_dev_final.csv")
     for csv_name, json_name in (
         ("emorynlp_dev_final.csv", "emotion-detection-dev.json"),
         ("emorynlp_test_final.csv", "emotion-detection-tst.json"),
@@ -119,7 +123,7 @@ def test_emorynlp_csv_ids_match_v1_json(data_dir: Path):
 
 
 def test_emorynlp_multi_speaker_lines(data_dir: Path):
-    train = read_file(data_dir / "emorynlp/emorynlp_train_final.csv", "emorynlp")
+    train = read_file(need(data_dir, "emorynlp/emorynlp_train_final.csv"), "emorynlp")
     multi = [u for d in train for u in d.utterances if len(u.speakers) > 1]
     assert len(multi) == 50  # 43 with two names, 6 with three, 1 with four
     assert all(" & " in u.speaker for u in multi)
@@ -127,7 +131,7 @@ def test_emorynlp_multi_speaker_lines(data_dir: Path):
 
 def test_cp1252_mojibake_variant_reads_like_utf8_release(data_dir: Path, tmp_path: Path):
     """Older MELD copies hold cp1252 punctuation decoded as Latin-1 (U+0092 for ’): repaired on read."""
-    original = data_dir / "meld/train_sent_emo.csv"
+    original = need(data_dir, "meld/train_sent_emo.csv")
     text = original.read_bytes().decode("utf-8")
     broken = text.encode("cp1252").decode("latin-1")
     assert "\x92" in broken and "\u2019" not in broken
@@ -154,10 +158,10 @@ def test_cp1252_mojibake_variant_reads_like_utf8_release(data_dir: Path, tmp_pat
 
 
 def test_find_split_files_on_real_folders(data_dir: Path):
-    meld = find_split_files(data_dir / "meld", "meld")
+    meld = find_split_files(need(data_dir, "meld"), "meld")
     assert list(meld) == ["train", "dev", "test"]
     # The v1.0 JSON lives one folder down; the train file is not shipped here.
-    js = find_split_files(data_dir / "emorynlp", "emorynlp-json")
+    js = find_split_files(need(data_dir, "emorynlp/v1.0-json").parent, "emorynlp-json")
     assert set(js) <= {"train", "dev", "test"} and {"dev", "test"} <= set(js)
     assert js["test"].name == "emotion-detection-tst.json"
 
@@ -165,6 +169,7 @@ def test_find_split_files_on_real_folders(data_dir: Path):
 def test_meld_train_reads_fast(data_dir: Path):
     import time
 
-    start = time.perf_counter()
-    read_file(data_dir / "meld/train_sent_emo.csv", "meld")
-    assert time.perf_counter() - start < 2.0
+    # CPU time, not wall time: other processes on a shared machine must not fail this test.
+    start = time.process_time()
+    read_file(need(data_dir, "meld/train_sent_emo.csv"), "meld")
+    assert time.process_time() - start < 1.5
