@@ -64,7 +64,7 @@ def present_splits(step: PrepareStep) -> list[str]:
 def resolve_clues(step: PrepareStep) -> Clues | None:
     if step.clues is not None:
         return load_clues(step.clues)
-    if step.dataset.format == "demo" and not step.dataset.files:
+    if step.dataset.format == "demo" and not step.dataset.files and step.use_bundled_clues:
         return load_clues(str(DEMO_CLUES))
     return None
 

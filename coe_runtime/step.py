@@ -118,6 +118,8 @@ class PrepareStep(_StepBase):
     kind: Literal["prepare"] = "prepare"
     dataset: DatasetSource
     clues: str | None = None  # URI of a clue file (from a clues step or the user)
+    # With no clue file, the bundled demo data uses its bundled clues.json; False: no clues at all.
+    use_bundled_clues: bool = True
     tasks: list[Literal["erc", "roleplay", "speaker_id", "steer"]] = ["erc"]
     steer: SteerOptions = SteerOptions()
 

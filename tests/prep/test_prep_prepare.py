@@ -105,6 +105,13 @@ def test_only_the_requested_tasks_are_written(tmp_path):
     assert written == {"erc-train.jsonl", "erc-dev.jsonl", "erc-test.jsonl", "summary.json", MANIFEST}
 
 
+def test_bundled_demo_clues_can_be_turned_off(tmp_path):
+    out = tmp_path / "prep"
+    summary = run_prepare(demo_step(out, tasks=["erc"], use_bundled_clues=False), count_tokens=estimate_tokens)
+    assert summary["clues"] is None
+    assert all("### Personas" not in ex.prompt for ex in read_examples(out / "erc-test.jsonl"))
+
+
 def test_only_rank_zero_prepares(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     out = tmp_path / "prep"
