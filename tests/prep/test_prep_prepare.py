@@ -107,7 +107,9 @@ def test_only_the_requested_tasks_are_written(tmp_path):
 
 def test_bundled_demo_clues_can_be_turned_off(tmp_path):
     out = tmp_path / "prep"
-    summary = run_prepare(demo_step(out, tasks=["erc"], use_bundled_clues=False), count_tokens=estimate_tokens)
+    summary = run_prepare(
+        demo_step(out, tasks=["erc"], use_bundled_clues=False), count_tokens=estimate_tokens
+    )
     assert summary["clues"] is None
     assert all("### Personas" not in ex.prompt for ex in read_examples(out / "erc-test.jsonl"))
 
