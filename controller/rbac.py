@@ -40,9 +40,9 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     # read experiments: list + watch for the loop, get to re-read one before acting
     Permission(GROUP, PLURAL, ("get", "list", "watch")),
     # the controller writes status only (never the spec): merge-patch on the status subresource
-    Permission(GROUP, f"{PLURAL}/status", ("get", "patch")),
+    Permission(GROUP, f"{PLURAL}/status", ("patch",)),
     # one PyTorchJob per step attempt; never updated or deleted (ownerReferences clean up)
-    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("get", "list", "watch", "create")),
+    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("list", "watch", "create")),
     # the frozen step config (and DeepSpeed config) of each step, created once with its first job
     Permission("", "configmaps", ("create",)),
     # Kubernetes Events for phase and step transitions
@@ -54,7 +54,6 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
 # What a person running `coe-ctl submit|delete|status` against the cluster needs.
 USER_PERMISSIONS: tuple[Permission, ...] = (
     Permission(GROUP, PLURAL, ("get", "list", "watch", "create", "delete")),
-    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("get", "list")),
     Permission("", "pods", ("list",)),
     Permission("", "pods/log", ("get",)),
 )

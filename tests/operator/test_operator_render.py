@@ -1,0 +1,203 @@
+"""CRD generation, PyTorchJob rendering and the declared RBAC, without a cluster."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from coe_controller import crd, rbac, render
+from coe_controller.cli_cluster import render_spec
+
+REPO = Path(__file__).resolve().parents[2]
+PYTORCHJOB_CRD = REPO.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+
+
+def test_committed_crd_equals_generated():
+    committed = (REPO / crd.CRD_FILE).read_text()
+    assert committed == crd.crd_yaml(), (
+        "manifests/crd/ is stale: run `python -m coe_controller.crd > " + crd.CRD_FILE + "`"
+    )
+
+
+def test_crd_schema_is_structural():
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    text = json.dumps(schema)
+    assert "$ref" not in text and "anyOf" not in text and '"default"' not in text
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if path and not any(k in node for k in ("type", "x-kubernetes-preserve-unknown-fields")):
+                raise AssertionError(f"{path}: no type")
+            for key in ("properties",):
+                for k, v in (node.get(key) or {}).items():
+                    walk(v, f"{path}.{k}")
+            for key in ("items", "additionalProperties"):
+                if isinstance(node.get(key), dict):
+                    walk(node[key], f"{path}[]")
+
+    walk(schema, "")
+    names = crd.crd()["spec"]["names"]
+    assert (names["plural"], names["kind"], names["shortNames"]) == (
+        "coeexperiments",
+        "CoEExperiment",
+        ["coex"],
+    )
+    cols = [c["jsonPath"] for c in crd.crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert cols == [
+        ".status.phase",
+        ".status.currentStep",
+        ".status.steerRound",
+        ".status.bestDevWeightedF1",
+        ".metadata.creationTimestamp",
+    ]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_validate_against_crd(example):
+    schema = crd.to_jsonschema(crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    jsonschema.Draft4Validator(schema).validate(yaml.safe_load(example.read_text()))
+    bad = yaml.safe_load(example.read_text())
+    bad["spec"]["steer"] = {"rounds": 0}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft4Validator(schema).validate(bad)
+
+
+def test_names_are_dns1035_and_hashed_when_long():
+    long = "x" * 40
+    a, b = render.job_name(long, "steer-r12-train", 1), render.job_name(long, "steer-r12-train", 2)
+    assert a != b and len(a) <= 63 and len(b) <= 63
+    assert render.dns1035("9Bad_Name") == "x-9bad-name"
+    assert render.job_name("exp", "speaker-id", 3) == "exp-speaker-id-a3"
+
+
+def test_rendered_jobs_validate_and_carry_the_cluster_settings(tmp_path):
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "meld-mistral7b.yaml").read_text())
+    res = doc["spec"].setdefault("resources", {})
+    res.update(
+        nodes=2,
+        gpusPerPod=4,
+        queueName="gpu-queue",
+        s3CredentialsSecret="coe-s3",
+        nodeSelector={"gpu": "a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        priorityClassName="high",
+        serviceAccountName="coe-runner",
+        activeDeadlineSeconds=7200,
+        deepspeed="zero2",
+    )
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    objs = render_spec(str(path), "ml")
+    validator = jsonschema.Draft4Validator(
+        crd.to_jsonschema(
+            yaml.safe_load(PYTORCHJOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        )
+    )
+    jobs = [o for o in objs if o["kind"] == "PyTorchJob"]
+    assert jobs and len(objs) == 2 * len(jobs)
+    for obj in objs:
+        if obj["kind"] == "ConfigMap":
+            kubernetes_validate.validate(obj, "1.30", strict=True)
+            json.loads(obj["data"]["step.json"])
+        else:
+            validator.validate(obj)
+    train = next(j for j in jobs if j["metadata"]["labels"]["coe.ml/step"] == "erc")
+    specs = train["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 1
+    assert train["spec"]["runPolicy"]["suspend"] is True
+    assert train["spec"]["runPolicy"]["activeDeadlineSeconds"] == 7200
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    pod = specs["Master"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["name"] == "pytorch" and c["command"][0] == "torchrun"
+    assert c["command"][-2:] == ["--config", "/etc/coe/step/step.json"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert c["envFrom"] == [{"secretRef": {"name": "coe-s3"}}]
+    assert not any("SECRET" in e["name"] for e in c["env"])
+    assert pod["nodeSelector"] == {"gpu": "a100"} and pod["priorityClassName"] == "high"
+    assert pod["serviceAccountName"] == "coe-runner" and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["tolerations"][0]["operator"] == "Exists"
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/etc/coe/step", "/dev/shm"} <= mounts
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
+    cm = next(
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "meld-mistral7b-erc-config"
+    )
+    if "ds.json" in cm["data"]:  # a bundled DeepSpeed config is frozen into the ConfigMap and mounted
+        assert "/etc/coe/deepspeed" in mounts
+        assert json.loads(cm["data"]["step.json"])["distributed"]["deepspeed"] == "/etc/coe/deepspeed/ds.json"
+
+
+def test_multi_condition_job_state_is_read_by_type():
+    r = render.renderer()
+    job = {
+        "status": {
+            "conditions": [
+                {"type": "Succeeded", "status": "True", "reason": "Done"},
+                {"type": "Running", "status": "True"},
+                {"type": "Created", "status": "True"},
+            ]
+        }
+    }
+    assert r.state(job).phase == "Succeeded"
+    assert (
+        r.state(
+            {
+                "status": {
+                    "conditions": [
+                        {"type": "Failed", "status": "False"},
+                        {"type": "Running", "status": "True"},
+                    ]
+                }
+            }
+        ).phase
+        == "Running"
+    )
+
+
+def test_every_api_call_is_declared_and_every_declared_verb_is_used():
+    tree = ast.parse((REPO / "controller" / "kube.py").read_text())
+    consts = {
+        "GROUP": rbac.GROUP,
+        "PLURAL": rbac.PLURAL,
+        "PYTORCHJOB_GROUP": rbac.PYTORCHJOB_GROUP,
+        "PYTORCHJOB_PLURAL": rbac.PYTORCHJOB_PLURAL,
+    }
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_require":
+            parts = []
+            for arg in node.args:
+                if isinstance(arg, ast.Constant):
+                    parts.append(arg.value)
+                elif isinstance(arg, ast.Name):
+                    parts.append(consts[arg.id])
+                elif isinstance(arg, ast.JoinedStr):  # f"{PLURAL}/status"
+                    parts.append(
+                        "".join(
+                            consts[v.value.id] if isinstance(v, ast.FormattedValue) else v.value
+                            for v in arg.values
+                        )
+                    )
+            used.add(tuple(parts))
+    declared = {
+        (p.api_group, p.resource, v)
+        for p in rbac.CONTROLLER_PERMISSIONS + rbac.USER_PERMISSIONS
+        for v in p.verbs
+    }
+    assert used == declared, f"undeclared: {used - declared}; unused: {declared - used}"
+    rules = rbac.rules()
+    assert {
+        "apiGroups": ["kubeflow.org"],
+        "resources": ["pytorchjobs"],
+        "verbs": ["list", "watch", "create"],
+    } in rules
+    assert not any(
+        "delete" in r["verbs"] or "update" in r["verbs"] for r in rules if r["resources"] != ["leases"]
+    )
