@@ -51,8 +51,9 @@ def estimate_tokens(text: str) -> int:
 class PromptBudgetError(DataError):
     """The parts that must never be cut do not fit ``max_length``."""
 
-    def __init__(self, path: str, line: int | None, message: str, required: int):
+    def __init__(self, path: str, line: int | None, message: str, required: int, uid: str = ""):
         self.required = required
+        self.uid = uid
         super().__init__(path, line, message)
 
 
@@ -260,6 +261,7 @@ def build_prompt(
         f"utterance {u.uid} ({task}): the instruction, target utterance, question and answer need {needed} tokens "
         f"but max_length is {max_length}; raise dataset.max_length to at least {needed}",
         required=needed,
+        uid=u.uid,
     )
 
 

@@ -24,7 +24,7 @@ from coe_runtime.clue_file import Clues
 from coe_runtime.data import TASKS, Dialogue, Example
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.labels import LabelSet
-from coe_runtime.prompts import CountTokens, build_prompt, clean, erc_target, steer_target
+from coe_runtime.prompts import CountTokens, PromptBudgetError, build_prompt, clean, erc_target, steer_target
 from coe_runtime.seeds import Seed
 
 MEMORY = "memory"
@@ -46,6 +46,38 @@ def _meta(d: Dialogue, index: int, label_set: LabelSet, built) -> dict:
         "history_dropped": built.history_dropped,
         "clue_word_cap": built.clue_word_cap,
     }
+
+
+class _BudgetFailures:
+    """Collects every utterance whose uncuttable prompt parts exceed max_length, so one error
+    names them all and the max_length that would fit every one (not just the first)."""
+
+    def __init__(self, task: str, max_length: int):
+        self.task, self.max_length = task, max_length
+        self.errors: list[PromptBudgetError] = []
+
+    def build(self, *args, **kwargs):
+        try:
+            return build_prompt(*args, **kwargs)
+        except PromptBudgetError as e:
+            self.errors.append(e)
+            return None
+
+    def raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        worst = max(self.errors, key=lambda e: e.required)
+        raise PromptBudgetError(
+            worst.path,
+            worst.line,
+            f"{len(self.errors)} {self.task} prompts do not fit max_length {self.max_length} even without history "
+            f"and clues (the instruction, target utterance, question and answer are never cut); the longest is "
+            f"utterance {worst.uid} with {worst.required} tokens: raise dataset.max_length to at least {worst.required}",
+            required=worst.required,
+            uid=worst.uid,
+        )
 
 
 def _check_labels(dialogues: Sequence[Dialogue], label_set: LabelSet) -> None:
@@ -86,6 +118,7 @@ def build_examples(
         )
         return memory + pool
     out = []
+    budget = _BudgetFailures(task, max_length)
     for d in dialogues:
         for i, u in enumerate(d.utterances):
             if task == "erc":
@@ -94,7 +127,7 @@ def build_examples(
                 target = clean(u.text)
             else:
                 target = u.speaker
-            built = build_prompt(
+            built = budget.build(
                 d,
                 i,
                 task,
@@ -105,7 +138,11 @@ def build_examples(
                 max_length=max_length,
                 count_tokens=count_tokens,
             )
-            out.append(Example(f"{task}:{u.uid}", task, built.text, target, _meta(d, i, label_set, built)))
+            if built is not None:
+                out.append(
+                    Example(f"{task}:{u.uid}", task, built.text, target, _meta(d, i, label_set, built))
+                )
+    budget.raise_if_any()
     return out
 
 
@@ -142,11 +179,12 @@ def build_steer_sets(
             )
         by_uid[s.uid] = s
     memory, pool = [], []
+    budget = _BudgetFailures("steer", max_length)
     for d in dialogues:
         for i, u in enumerate(d.utterances):
             seed = by_uid.get(u.uid)
             target = steer_target(seed.rationale, u.label, label_set) if seed else ""
-            built = build_prompt(
+            built = budget.build(
                 d,
                 i,
                 "steer",
@@ -157,8 +195,11 @@ def build_steer_sets(
                 max_length=max_length,
                 count_tokens=count_tokens,
             )
+            if built is None:
+                continue
             meta = _meta(d, i, label_set, built) | {"steer_set": MEMORY if seed else POOL}
             (memory if seed else pool).append(Example(f"steer:{u.uid}", "steer", built.text, target, meta))
+    budget.raise_if_any()
     return memory, pool
 
 

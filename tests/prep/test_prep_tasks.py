@@ -10,6 +10,7 @@ from coe_runtime.clue_file import DEMO_CLUES, load_clues
 from coe_runtime.data import Dialogue, Example, Utterance
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.labels import get_label_set
+from coe_runtime.prompts import PromptBudgetError
 from coe_runtime.readers import read_file
 from coe_runtime.seeds import Seed, load_seeds
 from coe_runtime.tasks import build_examples, build_steer_sets, subset_dialogues, subset_examples
@@ -90,6 +91,27 @@ def test_label_outside_the_label_set_is_refused():
         DataError, match=r"mine.jsonl:7: utterance x-u0: label 'Joyful' is not in label set 'demo'"
     ):
         build_examples([d], "erc", DEMO)
+
+
+def test_prompts_that_cannot_fit_are_all_reported_at_once():
+    long = " ".join(["word"] * 80)
+    d = Dialogue(
+        "x",
+        "demo",
+        "train",
+        [
+            Utterance(f"x-u{i}", ("A",), text, "neutral", i + 1)
+            for i, text in enumerate(["hi", long, long + " more"])
+        ],
+        source="mine.jsonl",
+    )
+    with pytest.raises(PromptBudgetError) as err:
+        build_examples([d], "erc", DEMO, max_length=100)
+    message = str(err.value)
+    assert message.startswith("mine.jsonl:3: 2 erc prompts do not fit max_length 100")
+    assert f"utterance x-u2 with {err.value.required} tokens" in message
+    assert err.value.required > 100
+    assert len(build_examples([d], "erc", DEMO, max_length=err.value.required)) == 3
 
 
 def _examples(labels: list[str]) -> list[Example]:
