@@ -79,16 +79,18 @@ def make_step(inputs: Path, output: str) -> SteerRoundStep:
 
 
 def main(out_dir: str) -> None:
+    import os
+
     import torch.distributed as dist
 
     from coe_runtime.steer import run_steer_round
 
-    dist.init_process_group("gloo")
-    rank, world = dist_info()
+    rank = int(os.environ["RANK"])
     folder = Path(out_dir) / f"inputs-rank{rank}"
     folder.mkdir(parents=True, exist_ok=True)
     gen = ScriptedShardedGenerator()
     run_steer_round(make_step(folder, f"file://{out_dir}/store/steer-r1"), generator=gen)
+    assert dist_info() == (rank, 2), "run_steer_round joins the process group torchrun set up"
     (Path(out_dir) / f"calls-rank{rank}.txt").write_text(" ".join(map(str, gen.calls)))
     dist.barrier()
     dist.destroy_process_group()
