@@ -54,6 +54,18 @@ def encode_prompt(
     return ids[len(ids) - max_tokens :]
 
 
+def read_examples_uri(uri: str, field: str) -> list:
+    """Examples from a file URI/path named by config field ``field``; a clear error when absent."""
+    from coe_runtime.data import read_examples
+    from coe_runtime.errors import ConfigError
+    from coe_runtime.store import materialize
+
+    path = materialize(uri)
+    if not Path(path).is_file():
+        raise ConfigError(f"{field}: {uri} does not exist (expected an example JSONL file)")
+    return read_examples(path)
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world size) of the initialised process group, else (0, 1)."""
     import torch.distributed as dist
@@ -276,15 +288,14 @@ class Generator:
 def run_generate(step: GenerateStep) -> dict:
     """Predictions JSONL ``{id, output, parsed_label, gold, parse_method}`` (+ ``metrics.json``),
     published under ``step.output`` by rank 0."""
-    from coe_runtime.data import read_examples
     from coe_runtime.evaluate import evaluate_examples, label_set_of
     from coe_runtime.metrics import write_metrics
     from coe_runtime.models import default_device
-    from coe_runtime.store import get_store, materialize, normalize_uri
+    from coe_runtime.store import get_store, normalize_uri
 
     step = step.model_copy(update={"output": normalize_uri(step.output)})
     label_set = label_set_of(step.label_set)
-    examples = read_examples(materialize(step.input_file))
+    examples = read_examples_uri(step.input_file, "input_file")
     progress.report(step=step.name, phase="load", message=f"{len(examples)} examples")
     generator = Generator.load(
         step.base_model, step.adapter, device=default_device(), label_names=label_set.prompt_names

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe_runtime import progress
-from coe_runtime.data import Example, read_examples
+from coe_runtime.data import Example
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.generate import encode_prompt
+from coe_runtime.generate import encode_prompt, read_examples_uri
 from coe_runtime.step import TrainStep, dump_step
 from coe_runtime.store import cache_dir, get_store, join, materialize, normalize_uri
 
@@ -78,9 +78,8 @@ def tokenize_example(
 def load_train_examples(uris: Sequence[str]) -> list[tuple[Example, str]]:
     """Every example of every file, in order, with ``file:line``-style provenance for errors."""
     out: list[tuple[Example, str]] = []
-    for uri in uris:
-        path = materialize(uri)
-        examples = read_examples(path)
+    for i, uri in enumerate(uris):
+        examples = read_examples_uri(uri, f"train_files[{i}]")
         if not examples:
             raise DataError(str(uri), None, "no examples; expected JSONL with one example per line")
         out.extend((ex, f"{uri} (example {ex.id})") for ex in examples)
@@ -233,9 +232,11 @@ def work_dir_for(step: TrainStep) -> Path:
 
 
 # --------------------------------------------------------------------------- the run
-def run_train(step: TrainStep) -> dict[str, Any]:
+def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train, publish ``adapter/`` + tokenizer + ``resolved-config.json`` + ``train-log.jsonl``
-    (+ dev metrics and ``best.json`` with ``eval_file``) under ``step.output``; returns a summary."""
+    (+ dev metrics and ``best.json`` with ``eval_file``) under ``step.output``; returns a summary.
+
+    ``extra_callbacks``: more ``transformers.TrainerCallback`` objects (progress displays, tests)."""
     import torch
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -251,7 +252,7 @@ def run_train(step: TrainStep) -> dict[str, Any]:
         tokenize_example(tokenizer, ex.prompt, ex.target, step.optim.max_length, where) for ex, where in pairs
     ]
     lengths = [len(f["input_ids"]) for f in features]
-    eval_examples = read_examples(materialize(step.eval_file)) if step.eval_file else []
+    eval_examples = read_examples_uri(step.eval_file, "eval_file") if step.eval_file else []
 
     on_gpu = torch.cuda.is_available()
     use_bf16 = on_gpu and step.base_model.dtype in ("auto", "bfloat16")
@@ -292,6 +293,12 @@ def run_train(step: TrainStep) -> dict[str, Any]:
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
     rank, world = args.process_index, args.world_size
+    if ds_config is not None and world > 1:
+        # ZeRO-3 partitions weights while loading (zero.Init), which reads the world size from
+        # deepspeed.comm; on CPU accelerate initialises only torch.distributed, so join it here.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=args.ddp_backend or "nccl")
     local_main = args.local_process_index == 0
 
     # A restarted step resumes from the newest COMPLETE checkpoint in the store.
@@ -394,7 +401,7 @@ def run_train(step: TrainStep) -> dict[str, Any]:
         train_dataset=features,  # type: ignore[arg-type]
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[_Callback()],
+        callbacks=[_Callback(), *extra_callbacks],
     )
     # Our progress events and train-log.jsonl replace the Trainer's printed log dicts.
     trainer.remove_callback(PrinterCallback)
