@@ -629,3 +629,12 @@ def _emit(kube: Kube, obj: dict, ev: EmitEvent, now: float) -> None:
         kube.create_event(obj["metadata"].get("namespace") or "default", event_body(obj, ev, now))
     except KubeError as e:  # an Event is a courtesy: never let it stop the reconcile
         log.warning("could not record event %s: %s", ev.reason, e)
+
+
+def state_diagram() -> str:
+    """The phase machine as a Mermaid diagram (docs/operator.md embeds it; a test keeps them equal)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {Phase.PENDING.value}"]
+    for src, targets in PHASE_TRANSITIONS.items():
+        lines += [f"    {src.value} --> {dst.value}" for dst in targets]
+    lines += [f"    {p.value} --> [*]" for p, targets in PHASE_TRANSITIONS.items() if not targets]
+    return "\n".join(lines)

@@ -201,3 +201,12 @@ def test_every_api_call_is_declared_and_every_declared_verb_is_used():
     assert not any(
         "delete" in r["verbs"] or "update" in r["verbs"] for r in rules if r["resources"] != ["leases"]
     )
+
+
+def test_docs_diagram_is_the_code_state_machine():
+    from coe_controller.reconcile import StepState, state_diagram
+
+    doc = (REPO / "docs" / "operator.md").read_text()
+    assert state_diagram() in doc
+    for state in StepState:
+        assert f"`{state.value}`" in doc, state
