@@ -215,9 +215,15 @@ def load_dialogues(step: CluesStep) -> list[Dialogue]:
         if source.max_dialogues:
             from coe_runtime.tasks import subset_dialogues
 
-            part = subset_dialogues(
-                part, source.max_dialogues, source.subset_seed, keep_uids=_seed_uids(step)
-            )
+            # Prepare keeps the seed dialogues when it builds STEeR sets and not otherwise; this
+            # step cannot know which, so it covers both subsets (their union, in file order).
+            seeds = _seed_uids(step) if split == "train" else frozenset()
+            chosen = {
+                id(d)
+                for keep in (seeds, frozenset())
+                for d in subset_dialogues(part, source.max_dialogues, source.subset_seed, keep_uids=keep)
+            }
+            part = [d for d in part if id(d) in chosen]
         dialogues += part
     return dialogues
 
