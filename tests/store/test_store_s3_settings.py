@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from coe_runtime.errors import StoreError
-from coe_runtime.s3store import S3Settings, make_client, parse_s3_uri, transfer_config_from_env
+import pytest
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+from coe_runtime.errors import StoreError, TransientStoreError
+from coe_runtime.s3store import S3Settings, S3Store, make_client, parse_s3_uri, transfer_config_from_env
 
 MB = 1024 * 1024
 
@@ -62,3 +66,51 @@ def test_transfer_settings_and_uris():
     assert parse_s3_uri("s3://bucket") == ("bucket", "")
     with pytest.raises(StoreError, match="not an s3://bucket/key URI"):
         parse_s3_uri("s3:///key-without-bucket")
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+def _wrapped_upload_failure(cause: Exception) -> Exception:
+    # boto3's upload_file raises S3UploadFailedError inside its `except ClientError` block.
+    try:
+        raise cause
+    except ClientError:
+        try:
+            raise S3UploadFailedError("Failed to upload x to b/k: ...")  # noqa: B904 - as boto3 does
+        except S3UploadFailedError as wrapped:
+            return wrapped
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "message"),
+    [
+        (_client_error("SlowDown", 503), TransientStoreError, "keeps failing \\(SlowDown\\)"),
+        (_client_error("InternalError", 500), TransientStoreError, "retry later"),
+        (_client_error("Weird", 502), TransientStoreError, "keeps failing"),
+        (
+            _wrapped_upload_failure(_client_error("AccessDenied", 403)),
+            StoreError,
+            "AccessDenied.*AWS_PROFILE",
+        ),
+        (
+            RetriesExceededError(ReadTimeoutError(endpoint_url="http://x")),
+            TransientStoreError,
+            "cannot reach",
+        ),
+        (EndpointConnectionError(endpoint_url="http://x"), TransientStoreError, "AWS_ENDPOINT_URL"),
+        (_client_error("NoSuchBucket", 404), StoreError, "bucket 'bucket' does not exist"),
+        (_client_error("PermanentRedirect", 301), StoreError, "set AWS_REGION"),
+    ],
+)
+def test_errors_are_classified(monkeypatch, exc, kind, message):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    store = S3Store(settings=S3Settings(endpoint_url="http://127.0.0.1:9"))
+    err = store._translate(exc, "s3://bucket/exp/step/file", "upload")
+    assert type(err) is kind
+    assert re.search(message, str(err)), str(err)
+    assert str(err).startswith("s3://bucket/exp/step/file")
