@@ -14,6 +14,7 @@ The process runs in its own session and is killed at interpreter exit if a test 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import shutil
@@ -42,6 +43,24 @@ _PORT_FLAGS = (
     "admin.port",
     "admin.port.grpc",
 )
+
+
+def _load_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: atexit and the fixtures still stop the server
+        return None
+
+
+# Looked up in the parent: the forked child must not dlopen while other threads may hold locks.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies, even by SIGKILL (no orphaned servers)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class SeaweedError(RuntimeError):
@@ -197,6 +216,7 @@ class SeaweedServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # only a prctl call: safe in a forked child
         )
         try:
             self._wait_ready(timeout)
