@@ -142,3 +142,24 @@ def test_crd_validation_rejects_a_broken_experiment():
     obj["spec"]["steer"]["rounds"] = "three"
     errors = "\n".join(ps.validate_against_crd(obj, crd))
     assert "stratgy" in errors and "spec.steer.rounds" in errors
+
+
+def _docs_rbac_table(text: str) -> set[tuple[str, str, tuple[str, ...]]]:
+    """The rows of the "API group | resource | verbs" table in docs/cluster.md."""
+    rows = set()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| API group | resource | verbs |"))
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        group, resource, verbs = (c.strip().strip("`") for c in line.strip("|").split("|"))
+        rows.add(("" if group == "core" else group, resource, tuple(v.strip() for v in verbs.split(","))))
+    return rows
+
+
+def test_cluster_guide_lists_exactly_the_declared_controller_rbac():
+    from coe_controller import rbac
+
+    documented = _docs_rbac_table((ps.REPO / "docs" / "cluster.md").read_text())
+    declared = {(p.api_group, p.resource, p.verbs) for p in rbac.CONTROLLER_PERMISSIONS}
+    assert documented == declared, f"docs only: {documented - declared}; code only: {declared - documented}"
