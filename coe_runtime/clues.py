@@ -91,21 +91,26 @@ def plan_requests(dialogues: Iterable[Dialogue], future_turns: bool = False) -> 
 def llm_prompt(request: ClueRequest) -> str:
     """The instruction for one request (plain text; the chat template is applied by the runner).
 
-    The material comes first and the instruction last: if a long prompt must be cut, the
-    generator cuts from the left and the oldest lines go, never the instruction.
+    The task is said before the material and again, in full, after it: if a long prompt must be
+    cut, the generator cuts from the left and only the oldest lines (and the opening task line)
+    go, never the final instruction. Lines are quoted so a small model describes them instead of
+    continuing the conversation.
     """
     if request.kind == SCENE:
-        body = "\n".join(request.lines)
+        body = "\n".join(f'"{line}"' for line in request.lines)
         return (
-            f"Conversation:\n{body}\n\n"
-            "In one or two sentences, describe the scene of this conversation: where it probably "
-            "takes place, who is there and what is going on. Write only the description.\nScene:"
+            "Describe the scene of a conversation.\n\n"
+            f"Conversation (quoted lines):\n{body}\n\n"
+            "Task: in one or two sentences of your own, describe the scene of this conversation: where it "
+            "probably takes place, who is there and what is going on. Do not continue the conversation. "
+            "Write only the description."
         )
-    body = "\n".join(f"- {line}" for line in request.lines)
+    body = "\n".join(f'- "{line}"' for line in request.lines)
     return (
-        f"Lines said by {request.speaker} in a conversation:\n{body}\n\n"
-        f"In one or two sentences, describe {request.speaker}'s personality and situation as these "
-        "lines show them. Write only the description.\nPersona:"
+        f"Describe the speaker {request.speaker}.\n\n"
+        f"Lines said by {request.speaker} (quoted):\n{body}\n\n"
+        f"Task: in one or two sentences of your own, describe {request.speaker}'s personality and "
+        "situation as these lines show them. Write only the description."
     )
 
 
@@ -118,6 +123,11 @@ def clean_clue(text: str, max_chars: int = MAX_CLUE_CHARS) -> str:
     text = _LEAD_RE.sub("", text.replace("\ufffd", "").strip())
     paragraph = re.split(r"\n\s*\n", text, maxsplit=1)[0]
     one_line = " ".join(paragraph.split())
+    # A generation cut by max_new_tokens ends mid-sentence: keep the complete sentences.
+    if one_line and one_line[-1] not in ".!?…\"')":
+        last_end = max(one_line.rfind(". "), one_line.rfind("! "), one_line.rfind("? "))
+        if last_end > 0:
+            one_line = one_line[: last_end + 1]
     if len(one_line) <= max_chars:
         return one_line
     cut = one_line[:max_chars]
@@ -145,6 +155,7 @@ def request_key(
         "dialogue": request.dialogue,
         "speaker": request.speaker,
         "lines": list(request.lines),
+        "prompt": llm_prompt(request),  # a changed template never serves stale texts
         "model": model_key(ref),
         "prompt_version": prompt_version,
         "generation": settings.model_dump(mode="json"),

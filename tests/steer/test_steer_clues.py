@@ -47,7 +47,9 @@ def test_future_turns_gives_one_persona_per_speaker_from_the_whole_dialogue():
 
 def test_prompt_keeps_the_instruction_last():
     req = plan_requests([dialogue()], future_turns=True)[1]
-    assert llm_prompt(req).rstrip().endswith("Persona:")
+    prompt = llm_prompt(req)
+    assert prompt.rstrip().endswith("Write only the description.")
+    assert '- "first thing A says"' in prompt
 
 
 def test_clean_clue():
@@ -57,6 +59,9 @@ def test_clean_clue():
     assert len(cut) <= 100 and cut.endswith(".")
     assert clean_clue("word " * 200, max_chars=50).endswith("…")
     assert clean_clue("   \n ") == ""
+    # Cut by max_new_tokens mid-sentence: only complete sentences are kept.
+    assert clean_clue("She is kind. She likes to help and often") == "She is kind."
+    assert clean_clue("no sentence end at all") == "no sentence end at all"
 
 
 def test_assemble_leaves_out_empty_texts():
