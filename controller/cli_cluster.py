@@ -12,10 +12,14 @@ import json
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import yaml
 from coe_controller.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_UNREACHABLE
 from coe_controller.kube import Kube, KubeError, NotFound, Unreachable, load_api_client
+
+if TYPE_CHECKING:
+    from coe_controller.render import ClusterDefaults
 
 
 def _kube(args, role: str = "user") -> Kube:
@@ -44,7 +48,9 @@ def cmd_submit(args) -> int:
     from coe_controller.spec import load_spec
 
     spec = load_spec(args.spec, resolve=False)  # validates: every problem by field path
-    body = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Only what the file sets, like `kubectl apply`: a model default written into the object would
+    # look "set" to the controller and override the installation's defaults (runtime image, Secret).
+    body = spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
     ns = args.namespace or spec.metadata.namespace or _namespace(args)
     body["metadata"] = {k: v for k, v in body["metadata"].items() if k in ("name", "labels") and v}
     body["metadata"]["namespace"] = ns
@@ -80,8 +86,22 @@ def cmd_delete(args) -> int:
 
 
 # -- render / crd --------------------------------------------------------------------------------------
-def render_spec(path: str, namespace: str | None = None) -> list[dict]:
-    """Every object the controller would create for a spec's current plan (attempt 1 of each step)."""
+def cluster_defaults(args) -> ClusterDefaults:
+    """The runtime image / S3 Secret for experiments that name none: the command line, else
+    ``COE_RUNTIME_IMAGE`` / ``COE_S3_SECRET`` (what the Helm chart sets on the controller)."""
+    from coe_controller.operator import defaults_from_env
+    from coe_controller.render import ClusterDefaults
+
+    env = defaults_from_env()
+    return ClusterDefaults(
+        image=getattr(args, "runtime_image", None) or env.image,
+        s3_secret=getattr(args, "s3_secret", None) or env.s3_secret,
+    )
+
+
+def render_spec(path: str, namespace: str | None = None, defaults=None) -> list[dict]:
+    """Every object the controller would create for a spec's current plan (attempt 1 of each step);
+    ``defaults`` (a ``render.ClusterDefaults``) fills in an image / S3 Secret the spec leaves out."""
     from coe_controller import render
     from coe_controller.planner import plan
     from coe_controller.spec import load_spec
@@ -91,7 +111,7 @@ def render_spec(path: str, namespace: str | None = None) -> list[dict]:
     objs: list[dict] = []
     r = render.renderer()
     for step in plan(spec):
-        objs.extend(r.render(owner, step, 1, render.settings_from(step.resources)))
+        objs.extend(r.render(owner, step, 1, render.settings_from(step.resources, defaults)))
     return objs
 
 
@@ -106,7 +126,7 @@ _BlockDumper.add_representer(
 
 
 def cmd_render(args) -> int:
-    objs = render_spec(args.spec, args.namespace)
+    objs = render_spec(args.spec, args.namespace, cluster_defaults(args))
     sys.stdout.write(yaml.dump_all(objs, Dumper=_BlockDumper, sort_keys=False, width=120))
     return 0
 
@@ -136,6 +156,7 @@ def cmd_operator(args) -> int:
             lease_namespace=args.lease_namespace,
             resync_s=args.resync,
             retry_backoff_s=args.retry_backoff,
+            defaults=cluster_defaults(args),
         )
     except KubeError as e:
         return _api_error(e)
@@ -305,6 +326,17 @@ def _cluster_args(p: argparse.ArgumentParser, namespace: bool = True) -> None:
     p.add_argument("--context", help="kubeconfig context")
 
 
+def _default_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime-image",
+        help="runtime image for experiments without spec.resources.image (default: $COE_RUNTIME_IMAGE)",
+    )
+    p.add_argument(
+        "--s3-secret",
+        help="S3 Secret for experiments without spec.resources.s3CredentialsSecret (default: $COE_S3_SECRET)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "submit",
@@ -333,6 +365,7 @@ def register(sub) -> None:
     )
     p.add_argument("spec", metavar="SPEC", help="CoEExperiment YAML file")
     p.add_argument("-n", "--namespace", help="namespace to render into (default: the spec's, else default)")
+    _default_args(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser(
@@ -358,6 +391,7 @@ def register(sub) -> None:
     )
     p.add_argument("--once", action="store_true", help="one pass over every experiment, then exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _default_args(p)
     _cluster_args(p, namespace=False)
     p.set_defaults(func=cmd_operator)
 

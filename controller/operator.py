@@ -24,7 +24,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from coe_controller import reconcile
+from coe_controller import reconcile, render
 from coe_controller.kube import Conflict, Kube, KubeError, NotFound
 
 log = logging.getLogger("coe_controller.operator")
@@ -45,6 +45,15 @@ def _parse_time(value) -> float | None:
         return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def defaults_from_env(env: dict[str, str] | None = None) -> render.ClusterDefaults:
+    """The installation's defaults for experiments that leave them out: ``COE_RUNTIME_IMAGE`` and
+    ``COE_S3_SECRET`` (the Helm chart sets both from ``runtime.image`` and ``s3.credentialsSecret``)."""
+    env = os.environ if env is None else env
+    return render.ClusterDefaults(
+        image=env.get("COE_RUNTIME_IMAGE") or None, s3_secret=env.get("COE_S3_SECRET") or None
+    )
 
 
 class LeaderElector:
@@ -181,8 +190,10 @@ class Operator:
         resync_s: float = 30.0,
         lease_s: int = 15,
         retry_backoff_s: float = 10.0,
+        defaults: render.ClusterDefaults | None = None,
     ):
         self.retry_backoff_s = retry_backoff_s
+        self.defaults = defaults or render.ClusterDefaults()
         self.kube = kube
         self.namespace = namespace
         self.resync_s = resync_s
@@ -213,7 +224,9 @@ class Operator:
                 break  # lease about to lapse: stop acting before another replica may start
             key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
             try:
-                after = reconcile.reconcile(self.kube, obj, backoff_base_s=self.retry_backoff_s)
+                after = reconcile.reconcile(
+                    self.kube, obj, backoff_base_s=self.retry_backoff_s, defaults=self.defaults
+                )
             except KubeError as e:
                 log.warning("%s: %s (will retry)", key, e)
                 after = 2.0

@@ -564,9 +564,16 @@ def status_patch(old: dict, new: dict) -> dict:
 
 
 def reconcile(
-    kube: Kube, obj: dict, now: float | None = None, job_renderer=None, backoff_base_s: float = 10.0
+    kube: Kube,
+    obj: dict,
+    now: float | None = None,
+    job_renderer=None,
+    backoff_base_s: float = 10.0,
+    defaults: render.ClusterDefaults | None = None,
 ) -> float | None:
-    """One level-triggered pass over one experiment; returns seconds until it wants another look."""
+    """One level-triggered pass over one experiment; returns seconds until it wants another look.
+
+    ``defaults``: the installation's runtime image / S3 Secret for experiments that name none."""
     from coe_runtime.errors import ConfigError, StoreError
 
     now = time.time() if now is None else now
@@ -600,7 +607,7 @@ def reconcile(
         if isinstance(action, CreateJob):
             step = by_name[action.step]
             config_map, job = job_renderer.render(
-                Owner(name, ns, uid), step, action.attempt, render.settings_from(step.resources)
+                Owner(name, ns, uid), step, action.attempt, render.settings_from(step.resources, defaults)
             )
             # Conflict: the step's frozen config exists already (made with an earlier attempt): keep it.
             with contextlib.suppress(Conflict):

@@ -102,13 +102,38 @@ class JobSettings:
     max_retries: int = 2  # new jobs for a step after a Failed one
 
 
-def settings_from(resources: Any | None) -> JobSettings:
+@dataclass(frozen=True)
+class ClusterDefaults:
+    """What the controller's installation supplies to experiments that leave a setting out.
+
+    The Helm chart passes them to the controller as ``COE_RUNTIME_IMAGE`` and ``COE_S3_SECRET``, so a
+    cluster admin picks the runtime image (a mirror, a pinned digest) and the S3 Secret once for
+    every experiment. An experiment's own ``spec.resources.image`` / ``s3CredentialsSecret`` wins.
+    """
+
+    image: str | None = None
+    s3_secret: str | None = None
+
+
+def settings_from(resources: Any | None, defaults: ClusterDefaults | None = None) -> JobSettings:
     """JobSettings from a step's resources (``coe_controller.spec.ResourcesSpec`` with the step's
-    override applied, as the planner attaches it to each PlannedStep); None gives the defaults."""
+    override applied, as the planner attaches it to each PlannedStep); None gives the defaults.
+
+    ``spec.resources.image`` has a non-null model default, so "left out" is told from "set to the
+    default" by pydantic's ``model_fields_set`` (kept through the planner's ``model_copy``); an
+    ``s3CredentialsSecret`` of ``""`` means "no Secret" (pod identity) even when a default exists.
+    """
+    defaults = defaults or ClusterDefaults()
     if resources is None:
-        return JobSettings()
+        return JobSettings(image=defaults.image or DEFAULT_IMAGE, s3_secret=defaults.s3_secret)
+    image = resources.image
+    if "image" not in resources.model_fields_set and defaults.image:
+        image = defaults.image
+    s3_secret = resources.s3_credentials_secret
+    if s3_secret is None:
+        s3_secret = defaults.s3_secret
     return JobSettings(
-        image=resources.image,
+        image=image,
         image_pull_policy=resources.image_pull_policy,
         gpus_per_pod=resources.gpus_per_pod,
         cpu=resources.cpu,
@@ -121,7 +146,7 @@ def settings_from(resources: Any | None) -> JobSettings:
         priority_class_name=resources.priority_class_name,
         service_account_name=resources.service_account_name,
         kueue_queue=resources.queue_name,
-        s3_secret=resources.s3_credentials_secret,
+        s3_secret=s3_secret,
         backoff_limit=resources.backoff_limit,
         active_deadline_seconds=resources.active_deadline_seconds,
         max_retries=resources.max_retries,

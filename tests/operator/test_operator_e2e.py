@@ -214,11 +214,30 @@ def test_conflict_on_create_and_api_outage_are_survived(cluster):
     validate_writes(api)
 
 
-def test_deleting_the_experiment_removes_its_jobs(cluster):
+def test_submitted_experiment_gets_the_installation_defaults_and_deleting_it_removes_its_jobs(cluster):
+    import argparse
+
+    from coe_controller.cli_cluster import cmd_submit
+
     api, harness, controller, tmp = cluster
-    submit(api, experiment_doc(["erc"], f"file://{tmp}/store"))
+    # `coe-ctl submit` of a spec that names neither image nor Secret: the stored object leaves them out
+    # (a default written in would look "set"), and the controller fills in the chart's defaults.
+    doc = experiment_doc(["erc"], f"file://{tmp}/store")
+    del doc["spec"]["resources"]["s3CredentialsSecret"]
+    spec_file = tmp / "exp.yaml"
+    spec_file.write_text(yaml.safe_dump(doc))
+    args = argparse.Namespace(
+        spec=str(spec_file), namespace=NS, kubeconfig=str(tmp / "kubeconfig"), context=None
+    )
+    assert cmd_submit(args) == 0
+    stored = experiment(api)["spec"]["resources"]
+    assert "image" not in stored and "s3CredentialsSecret" not in stored, stored
+    controller.env.update(COE_RUNTIME_IMAGE="registry.example/coe-runtime:7", COE_S3_SECRET="coe-s3")
     controller.start()
-    wait_for(lambda: harness.jobs(), what="the first job")
+    job = wait_for(lambda: harness.jobs(), what="the first job")[0]
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/coe-runtime:7"
+    assert container["envFrom"] == [{"secretRef": {"name": "coe-s3"}}]
     from coe_controller.kube import Kube
 
     Kube(api.api_client(), role="user").delete_experiment(NS, "exp")

@@ -210,3 +210,50 @@ def test_docs_diagram_is_the_code_state_machine():
     assert state_diagram() in doc
     for state in StepState:
         assert f"`{state.value}`" in doc, state
+
+
+def _container(objs: list[dict], step: str) -> dict:
+    job = next(
+        o for o in objs if o["kind"] == "PyTorchJob" and o["metadata"]["labels"]["coe.ml/step"] == step
+    )
+    return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+
+
+def _spec_file(tmp_path, name: str, **resources) -> str:
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
+    doc["spec"]["resources"] = {"gpusPerPod": 0, **resources}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_installation_defaults_fill_in_only_what_the_experiment_leaves_out(tmp_path):
+    """COE_RUNTIME_IMAGE / COE_S3_SECRET (set by the Helm chart) apply to experiments without their own."""
+    defaults = render.ClusterDefaults(image="registry.example/coe-runtime@sha256:abc", s3_secret="team-s3")
+    left_out = _container(render_spec(_spec_file(tmp_path, "a"), "ml", defaults), "erc")
+    assert left_out["image"] == "registry.example/coe-runtime@sha256:abc"
+    assert left_out["envFrom"] == [{"secretRef": {"name": "team-s3"}}]
+
+    # Set explicitly, even to the model's own default value: the experiment's choice wins.
+    own = _spec_file(tmp_path, "b", image=render.DEFAULT_IMAGE, s3CredentialsSecret="mine")
+    c = _container(render_spec(own, "ml", defaults), "erc")
+    assert c["image"] == render.DEFAULT_IMAGE and c["envFrom"] == [{"secretRef": {"name": "mine"}}]
+
+    # "" means no Secret at all (pod identity), whatever the installation default.
+    assert "envFrom" not in _container(
+        render_spec(_spec_file(tmp_path, "c", s3CredentialsSecret=""), "ml", defaults), "erc"
+    )
+
+    # No installation defaults: the model default image and no Secret, as before.
+    plain = _container(render_spec(_spec_file(tmp_path, "d"), "ml"), "erc")
+    assert plain["image"] == render.DEFAULT_IMAGE and "envFrom" not in plain
+
+
+def test_operator_reads_the_helm_charts_environment_variables():
+    from coe_controller.operator import defaults_from_env
+
+    chart = (REPO / "charts" / "coe-controller" / "templates" / "deployment.yaml").read_text()
+    assert "COE_RUNTIME_IMAGE" in chart and "COE_S3_SECRET" in chart
+    d = defaults_from_env({"COE_RUNTIME_IMAGE": "img:1", "COE_S3_SECRET": "s3"})
+    assert (d.image, d.s3_secret) == ("img:1", "s3")
+    assert defaults_from_env({"COE_S3_SECRET": ""}) == render.ClusterDefaults()
