@@ -298,6 +298,20 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
     return table
 
 
+def collect_round_reports(experiment_prefix: str, store: Any = None) -> list[dict[str, Any]]:
+    """``round-N.json`` of every published round under ``<experiment>/steer-rN/``, in order
+    (stops at the first round not published); for ``format_rounds_table`` and status views."""
+    from coe_runtime.store import get_store, join
+
+    store = store or get_store(experiment_prefix)
+    reports = []
+    n = 1
+    while store.is_published(prefix := join(experiment_prefix, f"steer-r{n}")):
+        reports.append(store.read_json(join(prefix, f"round-{n}.json")))
+        n += 1
+    return reports
+
+
 def per_class_table(report: Mapping[str, Any]):
     """Acceptance per class for one round."""
     from rich.table import Table
@@ -441,7 +455,10 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         from rich.console import Console
 
         console = Console()
-    console.print(format_rounds_table([summary]))
+    # The run so far: earlier rounds published beside this one (steps named steer-rK), then this one.
+    experiment = step.output.rstrip("/").rsplit("/", 1)[0]
+    earlier = [r for r in collect_round_reports(experiment, store) if r["round"] < n]
+    console.print(format_rounds_table([*earlier, summary]))
     console.print(per_class_table(summary))
     report(
         step=step.name, phase="steer", message=f"round {n}: accepted {summary['accepted']}", done=1, total=1

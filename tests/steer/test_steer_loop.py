@@ -21,7 +21,7 @@ from coe_runtime.answers import parse_answer
 from coe_runtime.data import read_examples
 from coe_runtime.labels import get_label_set
 from coe_runtime.prepare import run_prepare
-from coe_runtime.steer import run_steer_round
+from coe_runtime.steer import collect_round_reports, run_steer_round
 from coe_runtime.store import MANIFEST, FileStore
 from coe_runtime.train import run_train
 
@@ -162,6 +162,9 @@ def test_three_rounds_with_the_tiny_model(tmp_path, capsys):
     sizes = check_rounds(root, steps)
     assert len(sizes) == ROUNDS + 1  # nothing stops a random model's run early (min_accepted 0)
     assert "STEeR rounds" in capsys.readouterr().out
+    reports = collect_round_reports(f"file://{root}")
+    assert [r["round"] for r in reports] == list(range(1, ROUNDS + 1))
+    assert [r["memory_size"] for r in reports] == sizes[1:]
 
     # A finished round is never redone: its outputs stay byte-identical and no generation runs.
     final = root / f"steer-r{ROUNDS}"
