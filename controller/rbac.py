@@ -33,6 +33,9 @@ class Permission:
     api_group: str  # "" is the core group
     resource: str  # plural, or "plural/subresource"
     verbs: tuple[str, ...]
+    # True when no call of ours uses it but the API server demands it for something we write
+    # (kube.py's calls are checked against the others; these are checked where they are implied).
+    implied: bool = False
 
 
 # What the controller does, and why each verb is needed:
@@ -49,7 +52,17 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "events", ("create",)),
     # leader election: one Lease, read, created by the first replica, renewed by the holder
     Permission("coordination.k8s.io", "leases", ("get", "create", "update")),
+    # Not a call: our children's ownerReferences set blockOwnerDeletion (see BLOCK_OWNER_DELETION),
+    # and the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) accepts that
+    # only from a client that may update the owner's finalizers; without it every create is 403.
+    Permission(GROUP, f"{PLURAL}/finalizers", ("update",), implied=True),
 )
+
+# Why blockOwnerDeletion stays on: a foreground delete of an experiment (`kubectl delete
+# --cascade=foreground`) then waits until its PyTorchJobs (and their pods) are gone, so re-creating an
+# experiment of the same name cannot meet the old one's jobs under the same deterministic names. It
+# is also what Kubernetes' own controllers and the training operator set on their children.
+BLOCK_OWNER_DELETION = True
 
 # What a person running `coe-ctl submit|delete|status` against the cluster needs.
 USER_PERMISSIONS: tuple[Permission, ...] = (

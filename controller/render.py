@@ -171,7 +171,8 @@ class Owner:
                 "name": self.name,
                 "uid": self.uid,
                 "controller": True,
-                "blockOwnerDeletion": True,
+                # needs update on coeexperiments/finalizers where admission enforces it (rbac.py)
+                "blockOwnerDeletion": rbac.BLOCK_OWNER_DELETION,
             }
         ]
 
