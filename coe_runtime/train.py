@@ -321,6 +321,11 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
     if resume_from:
         progress.report(step=step.name, phase="resume", message=f"resuming from {Path(resume_from).name}")
 
+    # A fresh LoRA's A matrices come from the global RNG: seed it so a run (and its restart) is
+    # reproducible. The Trainer seeds again later, but only after the model exists.
+    from transformers import set_seed
+
+    set_seed(optim.seed)
     model = build_trainable_model(step, device=None)
     if optim.gradient_checkpointing:
         # With frozen embeddings the checkpointed blocks would see inputs without grad.

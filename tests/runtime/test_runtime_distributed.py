@@ -1,0 +1,107 @@
+"""The real multi-process paths on CPU: torchrun with 2 processes, DeepSpeed ZeRO-2 and ZeRO-3
+(gloo, torch AdamW), and sharded generation gathered back in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from coe_runtime.generate import Generator
+from coe_runtime.models import attach_adapter, load_model, load_tokenizer
+from coe_runtime.step import GenerationSettings, ModelRef
+from tests.runtime.conftest import train_config
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+REF = ModelRef()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(kind: str, cfg: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{cfg['name']}.json"
+    path.write_text(json.dumps(cfg))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "-m", "coe_runtime", kind, "--config", str(path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _logits(model, tok):
+    model.eval()
+    with torch.no_grad():
+        return model(
+            **tok(["Speaker A: so great. What is the emotion of A? The answer is"], return_tensors="pt")
+        ).logits
+
+
+def test_deepspeed_zero2_and_zero3_train_under_torchrun_and_reload_with_plain_peft(synthetic_files, tmp_path):
+    outs = {}
+    for stage in ("zero2", "zero3"):
+        cfg = train_config(
+            tmp_path / stage,
+            synthetic_files["train"],
+            name=f"ds-{stage}",
+            distributed={"nproc_per_node": 2, "deepspeed": stage},
+            optim={"max_steps": 3, "per_device_batch_size": 4},
+        )
+        _torchrun("train", cfg, tmp_path)
+        out = tmp_path / stage
+        summary = json.loads((out / "resolved-config.json").read_text())["summary"]
+        assert summary["world_size"] == 2 and summary["optimizer_steps"] == 3
+        assert json.loads((out / "resolved-config.json").read_text())["deepspeed"]["zero_optimization"][
+            "stage"
+        ] == int(stage[-1])
+        outs[stage] = out
+    tok = load_tokenizer(REF)
+    base = _logits(load_model(REF), tok)
+    z2 = _logits(attach_adapter(load_model(REF), outs["zero2"] / "adapter"), tok)
+    z3 = _logits(attach_adapter(load_model(REF), outs["zero3"] / "adapter"), tok)
+    # Same data, same seed, same maths: ZeRO-2 and ZeRO-3 adapters agree, and training moved them.
+    torch.testing.assert_close(z2, z3, rtol=1e-3, atol=1e-3)
+    assert (z2 - base).abs().max() > 1e-2
+
+
+def test_sharded_generation_returns_every_id_once_in_order(trained, synthetic_files, tmp_path):
+    adapter = trained["out"] / "adapter"
+    cfg = {
+        "kind": "generate",
+        "name": "sharded",
+        "output": str(tmp_path / "gen"),
+        "input_file": str(synthetic_files["test"]),
+        "adapter": str(adapter),
+        "label_set": {"name": "meld"},
+        "distributed": {"nproc_per_node": 2},
+        "generation": {"max_new_tokens": 6, "batch_size": 4},
+    }
+    _torchrun("generate", cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "gen" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"te-{i}" for i in range(13)]  # 13: the shards differ in size
+    gen = Generator.load(
+        REF,
+        str(adapter),
+        device="cpu",
+        label_names=["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
+    )
+    from coe_runtime.data import read_examples
+
+    single = gen.generate(
+        [ex.prompt for ex in read_examples(synthetic_files["test"])], GenerationSettings(max_new_tokens=6)
+    )
+    assert [r["output"] for r in rows] == [o.text for o in single]
+    assert all(r["gold"] is not None for r in rows)
