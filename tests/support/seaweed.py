@@ -244,7 +244,7 @@ class SeaweedServer:
             f"S3 at {self.endpoint} not ready after {timeout:.0f}s ({last}):\n{self.log_tail()}"
         )
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL); the data directory is kept for a restart."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
