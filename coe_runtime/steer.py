@@ -16,6 +16,7 @@ accuracy but is not stored: memory entries must keep the seed format the next ro
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import time
 from collections import Counter
@@ -30,6 +31,9 @@ from coe_runtime.errors import DataError
 from coe_runtime.labels import LabelSet, get_label_set
 from coe_runtime.prompts import steer_target, with_hint
 from coe_runtime.step import GenerationSettings, SteerOptions, SteerRoundStep
+
+# A rationalized answer that mentions the hint it was given.
+HINT_LEAK_RE = re.compile(r"\bhint(?:ed|s)?\b|correct emotion is", re.IGNORECASE)
 
 STOP_POOL_EMPTY = "pool_empty"
 STOP_FEW_ACCEPTED = "few_accepted"
@@ -164,7 +168,9 @@ def accept(
             hint_parsed = parse_answer(hint_text, label_set)
             rec.update(hint_text=hint_text, hint_parsed=hint_parsed.label, hint_method=hint_parsed.method)
             found = extract_rationale(hint_text, label_set)
-            if found is not None and found[1] == gold:
+            # A rationale that leans on the hint ("the hint says ...") would teach the model to
+            # expect one: memory stores the hint-free prompt, so such a rationale is rejected.
+            if found is not None and found[1] == gold and not HINT_LEAK_RE.search(found[0]):
                 candidates.append((1, i, ex, memory_target(found[0], gold, label_set)))
                 rec["via"] = "rationalized"
         records.append(rec)

@@ -107,6 +107,17 @@ def test_rationalization_accepts_hinted_answers_but_stores_the_hint_free_prompt(
     assert [ex.id for ex in on.remaining] == ["steer:u1"]
 
 
+def test_rationalized_answers_that_lean_on_the_hint_are_rejected():
+    pool = [pool_example(0, "anger"), pool_example(1, "anger")]
+    texts = ["Calm. <neutral>", "Calm. <neutral>"]
+    hinted = {
+        "steer:u0": "As the hint says, the correct emotion is anger. <anger>",
+        "steer:u1": "He was mocked in front of his boss. <anger>",
+    }
+    result = accept(pool, texts, MELD, SteerOptions(rationalization=True), hint_generations=hinted)
+    assert [ex.id for ex in result.accepted] == ["steer:u1"]
+
+
 def test_hint_prompt_puts_the_gold_label_before_the_answer_header():
     coe = get_label_set("meld", "coe")
     prompt = hint_prompt(pool_example(0, "anger").prompt, "anger", coe)
