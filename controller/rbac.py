@@ -46,6 +46,9 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission(GROUP, f"{PLURAL}/status", ("patch",)),
     # one PyTorchJob per step attempt; never updated or deleted (ownerReferences clean up)
     Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("list", "watch", "create")),
+    # the pods of a Failed job, by label: their exit code tells a permanent failure (1-127: bad
+    # config or data, never retried) from a retryable one
+    Permission("", "pods", ("list",)),
     # the frozen step config (and DeepSpeed config) of each step, created once with its first job
     Permission("", "configmaps", ("create",)),
     # Kubernetes Events for phase and step transitions

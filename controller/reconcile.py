@@ -71,6 +71,35 @@ ACTIVE_STATES = (
 VERIFY_GRACE_S = 30.0
 
 
+def is_permanent_exit(code: int) -> bool:
+    """The runtime's contract with ``restartPolicy: ExitCode``: 1-127 is bad config or data, which a
+    retry cannot fix; 128-255 (outage, preemption, OOM kill) is worth another attempt."""
+    return 1 <= code <= 127
+
+
+def failed_exit_code(pods: list[dict], container: str = render.CONTAINER_NAME) -> int | None:
+    """The exit code that ended a failed job, from its pods (as the API returns them), or None.
+
+    Of the pods whose ``container`` terminated with a non-zero code (its current state, else its last
+    one), the one that finished first: when one pod fails, its peers are stopped after it, and their
+    codes describe that, not the cause. Ties go to the Master.
+    """
+    ended = []
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for cs in statuses:
+            if cs.get("name") != container:
+                continue
+            for key in ("state", "lastState"):
+                term = (cs.get(key) or {}).get("terminated")
+                if term and term.get("exitCode"):
+                    labels = (pod.get("metadata") or {}).get("labels") or {}
+                    is_master = labels.get("training.kubeflow.org/replica-type", "").lower() == "master"
+                    ended.append((term.get("finishedAt") or "~", not is_master, int(term["exitCode"])))
+                    break
+    return min(ended)[2] if ended else None
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 2  # new jobs for a step after a failed one
@@ -234,15 +263,19 @@ def decide(
     policy: RetryPolicy | None = None,
     metrics: dict[str, dict] | None = None,
     job_state=None,
+    exit_codes: dict[str, int] | None = None,
 ) -> list[Action]:
     """What to do next for one experiment, from what is observable now.
 
     ``plan``: PlannedStep list (name, kind, output, needs); ``published_steps``: names of steps whose
     output manifest is in the store; ``observed_jobs``: the PyTorchJobs the experiment owns;
-    ``metrics``: step name -> metrics summary of published steps. Never looks at event types or order.
+    ``metrics``: step name -> metrics summary of published steps; ``exit_codes``: job name -> the exit
+    code that ended a Failed job, where its pods tell it (a permanent one ends the experiment at once;
+    a retryable or unknown one is retried). Never looks at event types or order.
     """
     policy = policy or RetryPolicy()
     metrics = metrics or {}
+    exit_codes = exit_codes or {}
     state_of = job_state or render.renderer().state
     meta = experiment.get("metadata", {})
     gen = int(meta.get("generation") or 1)
@@ -293,6 +326,7 @@ def decide(
             attempt = job_attempt(jobs[-1])
             st = state_of(jobs[-1])
             fail_reason = None
+            permanent = False
             if st.phase == "Succeeded":
                 finished_at = parse_iso(st.finish_time) or now
                 if now - finished_at < VERIFY_GRACE_S:
@@ -304,12 +338,21 @@ def decide(
                         f"job {v.job_name} succeeded but {step.output} has no manifest",
                     )
             elif st.phase == "Failed":
-                fail_reason = (st.reason or "JobFailed", st.message or f"job {v.job_name} failed")
+                code = exit_codes.get(v.job_name or "")
+                permanent = code is not None and is_permanent_exit(code)
+                if permanent:
+                    fail_reason = (
+                        "PermanentExitCode",
+                        f"exit code {code} is permanent (1-127: bad config or data), not retried; "
+                        f"job {v.job_name}: {st.message or st.reason or 'failed'}",
+                    )
+                else:
+                    fail_reason = (st.reason or "JobFailed", st.message or f"job {v.job_name} failed")
             else:
                 v.state = StepState(st.phase)
             if fail_reason:
                 v.reason, v.message = fail_reason
-                if attempt <= policy.max_retries:
+                if attempt <= policy.max_retries and not permanent:
                     finished_at = parse_iso(st.finish_time) or now
                     due = finished_at + policy.delay(attempt)
                     if now >= due:
@@ -598,8 +641,17 @@ def reconcile(
     selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
     jobs = [j for j in kube.list_jobs(ns, selector) if owned_by(j, uid)]
     policy = RetryPolicy(max_retries=spec.spec.resources.max_retries, backoff_base_s=backoff_base_s)
+    exit_codes = observe_exit_codes(kube, ns, obj, jobs, job_renderer)
     actions = decide(
-        obj, steps, published, jobs, now, policy=policy, metrics=metrics, job_state=job_renderer.state
+        obj,
+        steps,
+        published,
+        jobs,
+        now,
+        policy=policy,
+        metrics=metrics,
+        job_state=job_renderer.state,
+        exit_codes=exit_codes,
     )
     by_name = {s.name: s for s in steps}
     requeue: float | None = None
@@ -629,6 +681,31 @@ def reconcile(
 
 
 Owner = render.Owner
+
+
+def observe_exit_codes(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_renderer) -> dict[str, int]:
+    """job name -> exit code, for the latest job of each step when it has Failed (pods by label).
+
+    Only while the experiment is live: a finished one is a record. Pods that cannot be read leave the
+    code unknown, which retries as before.
+    """
+    if (obj.get("status") or {}).get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+        return {}
+    codes: dict[str, int] = {}
+    for step_jobs in jobs_by_step(jobs).values():
+        last = step_jobs[-1]
+        if job_renderer.state(last).phase != "Failed":
+            continue
+        name = last["metadata"]["name"]
+        try:
+            pods = kube.list_pods(ns, f"{render.LABEL_JOB}={render.label_value(name)}")
+        except KubeError as e:
+            log.warning("%s/%s: cannot read the pods of %s: %s", ns, obj["metadata"]["name"], name, e)
+            continue
+        code = failed_exit_code(pods)
+        if code is not None:
+            codes[name] = code
+    return codes
 
 
 def _emit(kube: Kube, obj: dict, ev: EmitEvent, now: float) -> None:

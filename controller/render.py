@@ -11,8 +11,9 @@ Every step attempt becomes:
   DeepSpeed ``ds.json``), created once with the step's first job and never updated, so editing the
   experiment later cannot change a step that has started (retries reuse it);
 * a PyTorchJob ``<experiment>-<step>-a<attempt>``: Master (exactly one replica) plus Workers when the
-  step asks for more than one node, each pod running
-  ``torchrun ... -m coe_runtime <kind> --config /etc/coe/step/step.json`` in the runtime image.
+  step asks for more than one node, each pod running torchrun (through :mod:`coe_controller.launch`,
+  which keeps the worker's exit code) ``... -m coe_runtime <kind> --config /etc/coe/step/step.json``
+  in the runtime image.
 """
 
 from __future__ import annotations
@@ -245,11 +246,16 @@ def common_labels(owner: Owner, step_name: str, kind: str) -> dict[str, str]:
     }
 
 
+# torchrun, run by a wrapper that exits with the failed worker's code (a bare torchrun exits 1 for
+# every failure, which restartPolicy ExitCode and the controller would read as "permanent").
+LAUNCHER = ["python", "-m", "coe_controller.launch"]
+
+
 def torchrun_command(kind: str, nnodes: int, nproc_per_node: int) -> list[str]:
-    # Bare torchrun: the training operator injects PET_NNODES/PET_NODE_RANK/PET_MASTER_ADDR/PORT
-    # (torchrun reads PET_* as its defaults), so the same command works for Master and Workers.
+    # torchrun without rendezvous arguments: the training operator injects PET_NNODES/PET_NODE_RANK/
+    # PET_MASTER_ADDR/PORT (torchrun reads PET_* as its defaults), so one command serves Master and Workers.
     return [
-        "torchrun",
+        *LAUNCHER,
         f"--nnodes={nnodes}",
         f"--nproc-per-node={nproc_per_node}",
         "-m",

@@ -4,7 +4,8 @@ For each PyTorchJob the controller creates, :class:`TrainingOperator` runs the M
 command locally as a subprocess with what a pod would get — the ConfigMap files written to temp
 folders that stand in for the mount paths (``/etc/coe/...``), the container's env, the Secret's
 variables (envFrom), and the variables the training operator injects (RANK, WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT, PET_*) — then writes the job's status conditions as the training operator does.
+MASTER_PORT, PET_*) — then records the Master pod (labels from the template, the container's exit
+code, its output as the pod log) and writes the job's status conditions as the training operator does.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class TrainingOperator:
         self.api, self.namespace, self.workdir, self.fake = api, namespace, Path(workdir), fake
         self.custom = client.CustomObjectsApi(api.api_client())
         self.fail_attempts: dict[str, int] = {}  # step -> how many first attempts fail
+        self.fail_code = 175  # their exit code: retryable (coe_runtime's EXIT_RETRYABLE) unless changed
         self.logs: dict[str, str] = {}
         self.ran: list[str] = []
 
@@ -122,8 +124,8 @@ class TrainingOperator:
         attempt = int(job["metadata"]["labels"]["coe.ml/attempt"])
         self.ran.append(name)
         if attempt <= failing:
-            self.logs[name] = "injected failure"
-            return 2
+            self.logs[name] = f"step {step}: injected failure\nerror (injected, exit {self.fail_code})\n"
+            return self.fail_code
         pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
         container = next(c for c in pod["containers"] if c["name"] == "pytorch")
         root = self.workdir / name
@@ -176,12 +178,13 @@ class TrainingOperator:
             if d in env:
                 Path(env[d]).mkdir(parents=True, exist_ok=True)
         cmd = [sub(a) for a in container["command"]]
-        assert cmd[0] == "torchrun" and "-m" in cmd, cmd
+        assert cmd[:3] == ["python", "-m", "coe_controller.launch"], cmd
         if self.fake:
-            module_at = cmd.index("-m")
+            module_at = cmd.index("coe_runtime") - 1
+            assert cmd[module_at] == "-m", cmd
             cmd = [sys.executable, "-m", "tests.operator.fake_runtime", *cmd[module_at + 2 :]]
         else:
-            cmd[0] = str(Path(sys.executable).parent / "torchrun")
+            cmd[0] = sys.executable
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         self.logs[name] = proc.stdout[-4000:] + proc.stderr[-4000:]
         return proc.returncode
@@ -193,9 +196,55 @@ class TrainingOperator:
             if (job["spec"].get("runPolicy") or {}).get("suspend"):
                 continue  # Kueue would admit it; nobody does here
             self.mark_running(job)
-            self.finish(job, self.run(job))
+            code = self.run(job)
+            self.record_pod(job, code)
+            self.finish(job, code)
             n += 1
         return n
+
+    def record_pod(self, job: dict, exit_code: int) -> dict:
+        """The job's Master pod as the training operator leaves it (cleanPodPolicy None), with the
+        container's exit code and its output served as the pod log."""
+        from kubernetes import client
+
+        name, now = job["metadata"]["name"], _now()
+        template = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+        pod_name = f"{name}-master-0"
+        labels = {
+            **template["metadata"]["labels"],
+            "training.kubeflow.org/job-name": name,
+            "training.kubeflow.org/replica-type": "master",
+            "training.kubeflow.org/replica-index": "0",
+        }
+        container = template["spec"]["containers"][0]
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": now,
+            "finishedAt": now,
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": self.namespace, "labels": labels},
+            "spec": template["spec"],
+            "status": {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                ],
+            },
+        }
+        client.CoreV1Api(self.api.api_client()).create_namespaced_pod(self.namespace, pod)
+        self.api.set_pod_log(self.namespace, pod_name, self.logs.get(name, ""))
+        return pod
 
 
 class ControllerProcess:

@@ -239,3 +239,67 @@ def test_steer_rounds_and_best_metrics_in_status():
     assert status["steerRound"] == 1
     assert status["bestMetrics"] == {"devWeightedF1": 0.5, "testWeightedF1": 0.4}
     assert status["artifacts"]["erc"] == "s3://b/exp/erc"
+
+
+# -- exit codes: permanent failures end the experiment at once ---------------------------------------
+@pytest.mark.parametrize(
+    "code,want_creates,want_phase,want_state",
+    [
+        (2, [], "Failed", "Failed"),  # bad config / data (coe_runtime's EXIT_PERMANENT)
+        (1, [], "Failed", "Failed"),  # an internal error: retrying the same input fails the same way
+        (127, [], "Failed", "Failed"),
+        (175, [("erc", 2)], "Running", "Starting"),  # storage / network outage (EXIT_RETRYABLE)
+        (137, [("erc", 2)], "Running", "Starting"),  # OOM-killed (128 + SIGKILL)
+        (None, [("erc", 2)], "Running", "Starting"),  # pods gone or unreadable: unknown, retried
+    ],
+)
+def test_exit_code_of_a_failed_job_decides_retry_or_fail(code, want_creates, want_phase, want_state):
+    failed = job("erc", 1, CREATED, FAILED)
+    codes = {} if code is None else {failed["metadata"]["name"]: code}
+    actions = decide(experiment(), PLAN, {"prepare"}, [failed], NOW, exit_codes=codes)
+    assert creates(actions) == want_creates
+    status = status_of(actions)
+    assert status["phase"] == want_phase
+    assert status["steps"][1]["state"] == want_state
+    if want_phase == "Failed":
+        assert status["reason"] == "PermanentExitCode"
+        assert status["message"].startswith("step erc failed after 1 attempt(s): ")
+        assert f"exit code {code} is permanent" in status["message"]
+        assert status["steps"][1]["attempts"] == 1
+        warnings = [a for a in actions if isinstance(a, EmitEvent) and a.reason == "ExperimentFailed"]
+        assert warnings and f"exit code {code}" in warnings[0].message
+
+
+def test_a_permanent_code_of_an_older_attempt_does_not_stop_the_retry_in_flight():
+    """Only the latest attempt's code counts: attempt 1 failed for good, yet attempt 2 is running."""
+    old, current = job("erc", 1, FAILED), job("erc", 2, CREATED, RUNNING)
+    actions = decide(
+        experiment(), PLAN, {"prepare"}, [old, current], NOW, exit_codes={old["metadata"]["name"]: 2}
+    )
+    assert status_of(actions)["phase"] == "Running"
+
+
+def _pod(exit_code: int | None, finished: str, replica: str = "master", last_state: bool = False) -> dict:
+    term = {"exitCode": exit_code, "finishedAt": finished, "reason": "Error"}
+    key = "lastState" if last_state else "state"
+    return {
+        "metadata": {"labels": {"training.kubeflow.org/replica-type": replica}},
+        "status": {"containerStatuses": [{"name": "pytorch", key: {"terminated": term}}]},
+    }
+
+
+def test_failed_exit_code_is_the_first_pod_to_fail():
+    from coe_controller.reconcile import failed_exit_code, is_permanent_exit
+
+    # the Worker failed first (bad data, 2); the Master was stopped after it (143): the cause is 2
+    pods = [_pod(143, "2030-01-01T00:00:09Z"), _pod(2, "2030-01-01T00:00:05Z", "worker")]
+    assert failed_exit_code(pods) == 2
+    # a tie goes to the Master; a restarted container's previous state counts
+    tie = [_pod(175, "2030-01-01T00:00:05Z", "worker"), _pod(2, "2030-01-01T00:00:05Z", last_state=True)]
+    assert failed_exit_code(tie) == 2
+    # exit code 0, a sidecar's code, or no terminated state at all: unknown
+    sidecar = {
+        "status": {"containerStatuses": [{"name": "istio-proxy", "state": {"terminated": {"exitCode": 2}}}]}
+    }
+    assert failed_exit_code([_pod(0, "2030-01-01T00:00:05Z"), sidecar, {"status": {}}]) is None
+    assert [c for c in (0, 1, 2, 127, 128, 143, 175, 255) if is_permanent_exit(c)] == [1, 2, 127]

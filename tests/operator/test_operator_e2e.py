@@ -197,6 +197,43 @@ def test_failed_once_is_retried_and_always_failing_ends_failed(cluster):
     validate_writes(api)
 
 
+def test_permanent_exit_code_fails_at_once_and_status_watch_shows_the_log_tail(cluster, monkeypatch, capsys):
+    """Exit code 2 (bad config/data) is not retried although retries are left; `coe-ctl status --watch`
+    follows the experiment to Failed and ends with the failing pod's last log lines."""
+    import argparse
+    import types
+
+    from coe_controller import cli_cluster
+
+    api, harness, controller, tmp = cluster
+    harness.fail_attempts, harness.fail_code = {"erc": 99}, 2
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store", max_retries=3))
+    controller.start()
+    wait_for(lambda: harness.jobs(), what="the first job")
+    polls = []
+
+    def poll_sleep(_seconds):  # each poll of the watch lets the "training operator" move on
+        polls.append(harness.step_all())
+        time.sleep(0.3)
+        assert len(polls) < 300, "watch never ended"
+
+    monkeypatch.setattr(cli_cluster, "time", types.SimpleNamespace(time=time.time, sleep=poll_sleep))
+    capsys.readouterr()
+    args = argparse.Namespace(
+        target="exp", namespace=NS, kubeconfig=str(tmp / "kubeconfig"), context=None, watch=True, output=None
+    )
+    rc = cli_cluster.cluster_status(args)
+    out = capsys.readouterr().out
+    assert rc == cli_cluster.EXIT_FAILED and len(polls) >= 2
+    status = experiment(api)["status"]
+    assert status["phase"] == "Failed" and status["reason"] == "PermanentExitCode", status
+    assert "step erc failed after 1 attempt(s)" in status["message"] and "exit code 2" in status["message"]
+    assert [j for j in api.created("pytorchjobs") if "-erc-" in j] == ["exp-erc-a1"]
+    assert "Failed" in out and "--- last log lines of erc ---" in out
+    assert "error (injected, exit 2)" in out
+    validate_writes(api)
+
+
 def test_conflict_on_create_and_api_outage_are_survived(cluster):
     api, harness, controller, tmp = cluster
     # The first job create "happens" but its answer is lost (409 on the retry path is "done").

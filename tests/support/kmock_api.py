@@ -18,7 +18,8 @@ kmock 0.8 needs these patches to stand in for a kube-apiserver (see ../shared/DE
 * the ``/status`` subresource: a status patch changes only ``.status``; a main-resource patch never
   changes ``.status`` (as with ``subresources: {status: {}}``);
 * ``labelSelector`` on lists (equality terms);
-* garbage collection: deleting an object deletes the objects whose ownerReferences name its uid.
+* garbage collection: deleting an object deletes the objects whose ownerReferences name its uid;
+* pod logs (``GET .../pods/NAME/log`` with ``tailLines``) from :meth:`KubeAPI.set_pod_log`, as text.
 
 kmock validates nothing: tests validate what the controller writes against the real schemas.
 """
@@ -116,6 +117,7 @@ class PatchedEmulator(KubernetesEmulator):
         self.rv = itertools.count(1)
         self.faults: list[Fault] = []
         self.create_log: list[tuple[str, str, str]] = []  # (plural, namespace, name) of successful creates
+        self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> the container's output
 
     def _key(self, request, name=None):
         return (request.resource, request.namespace, name or request.name)
@@ -143,6 +145,8 @@ class PatchedEmulator(KubernetesEmulator):
             return await super()._handle(request)
         action = request.action
         data = request.data if isinstance(request.data, dict) else None
+        if request.resource.plural == "pods" and request.subresource == "log" and request.method == "GET":
+            return self._pod_log(request)
         if action == enums.action.LIST:
             return self._list(request)
         if request.method == "PUT" and request.name:
@@ -198,6 +202,17 @@ class PatchedEmulator(KubernetesEmulator):
                 await self._collect_garbage(uid)
             return response
         return await super()._handle(request)
+
+    def _pod_log(self, request) -> aiohttp.web.Response:
+        key = self._key(request)
+        if key not in self._objects or self._objects[key].deleted:
+            return _status(404, "NotFound", f"pods {request.name!r} not found")
+        text = self.pod_logs.get((request.namespace, request.name), "")
+        tail = request.params.get("tailLines")
+        if tail:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(tail) :]) if int(tail) > 0 else ""
+        return aiohttp.web.Response(text=text, content_type="text/plain")
 
     def _list(self, request) -> aiohttp.web.Response:
         selector = request.params.get("labelSelector", "")
@@ -335,6 +350,10 @@ class KubeAPI:
 
     def inject(self, method: str, path: str, status: int, times: int = 1, apply: bool = False) -> None:
         self.handler.faults.append(Fault(method.upper(), path, status, times, apply))
+
+    def set_pod_log(self, namespace: str, pod: str, text: str) -> None:
+        """What ``GET .../pods/POD/log`` answers (the pod object itself must exist)."""
+        self.handler.pod_logs[(namespace, pod)] = text
 
     def created(self, plural: str) -> list[str]:
         return [name for p, _ns, name in list(self.handler.create_log) if p == plural]
