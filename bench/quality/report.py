@@ -1,0 +1,255 @@
+"""RESULTS.md from collected arm results and baselines (pure: data in, Markdown out).
+
+Each arm result is a plain dict (built by ``bench.quality.run.collect_arm``) with the keys used
+below; a missing number renders as "—" and an arm that has not finished says which step is next,
+so a partial run still gives a readable, honest table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Published figures (weighted F1 on test), from ../shared/data/README.md. Not produced here: those
+# systems pick their best epoch on the test set and use 7B-13B models.
+PAPER_FIGURES: dict[str, list[tuple[str, float]]] = {
+    "meld": [
+        ("CoE, mixed auxiliary + STEeR (Mistral-7B, LoRA)", 70.11),
+        ("InstructERC (Llama-2-7B, LoRA)", 69.15),
+        ("BiosERC (Llama-2-13B)", 69.83),
+        ("LaERC-S", 69.27),
+    ],
+    "emorynlp": [
+        ("CoE, mixed auxiliary + STEeR (Mistral-7B, LoRA)", 44.29),
+        ("InstructERC (Llama-2-7B, LoRA)", 41.37),
+        ("BiosERC (Llama-2-13B)", 41.68),
+        ("LaERC-S", 42.08),
+    ],
+}
+# The baselines' figures as measured for ../shared/data/README.md (weighted F1 on the full test split).
+REFERENCE_BASELINES: dict[str, dict[str, float]] = {
+    "meld": {"majority": 31.27, "tfidf_lr": 46.05},
+    "emorynlp": {"majority": 13.25, "tfidf_lr": 31.48},
+}
+DASH = "—"
+
+
+def fmt_num(x: Any, digits: int = 2) -> str:
+    return DASH if x is None else f"{float(x):.{digits}f}"
+
+
+def fmt_int(x: Any) -> str:
+    return DASH if x is None else f"{int(x):,}"
+
+
+def fmt_duration(seconds: Any) -> str:
+    if seconds is None:
+        return DASH
+    s = int(round(float(seconds)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def fmt_ci(ci: Mapping[str, Any] | None) -> str:
+    return DASH if not ci else f"{ci['point']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def link(text: str, target: str | None) -> str:
+    return text if not target else f"[{text}]({target})"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") if "](" not in c else c for c in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
+
+
+MAIN_HEADER = (
+    "arm",
+    "dev wF1",
+    "dev macro F1",
+    "dev acc",
+    "test wF1 [95% CI]",
+    "test macro F1 [95% CI]",
+    "test acc [95% CI]",
+    "fallback parse %",
+    "tokens trained",
+    "tokens generated",
+    "wall time",
+    "run",
+)
+
+
+def arm_row(arm: Mapping[str, Any]) -> list[str]:
+    dev = arm.get("dev") or {}
+    ci = arm.get("test_ci") or {}
+    test = arm.get("test") or {}
+    name = arm["arm"] if arm.get("complete") else f"{arm['arm']} (incomplete: next {arm.get('next_step')})"
+    return [
+        name,
+        fmt_num(dev.get("weighted_f1")),
+        fmt_num(dev.get("macro_f1")),
+        fmt_num(dev.get("accuracy")),
+        fmt_ci(ci.get("weighted_f1")),
+        fmt_ci(ci.get("macro_f1")),
+        fmt_ci(ci.get("accuracy")),
+        fmt_num(test.get("fallback_share")),
+        fmt_int(arm.get("tokens_trained")),
+        fmt_int(arm.get("tokens_generated")),
+        fmt_duration(arm.get("wall_s")),
+        link("run dir", arm.get("links", {}).get("run_dir")),
+    ]
+
+
+def baseline_row(b: Mapping[str, Any]) -> list[str]:
+    ci = b.get("test_ci") or {}
+    return [
+        f"*{b['name']}*",
+        DASH,
+        DASH,
+        DASH,
+        fmt_ci(ci.get("weighted_f1")),
+        fmt_ci(ci.get("macro_f1")),
+        fmt_ci(ci.get("accuracy")),
+        DASH,
+        DASH,
+        DASH,
+        fmt_duration(b.get("seconds")),
+        DASH,
+    ]
+
+
+def per_class_rows(
+    labels: Sequence[str], arms: Sequence[Mapping[str, Any]], baselines: Sequence[Mapping[str, Any]]
+) -> list[list[str]]:
+    rows = []
+    for item in [*arms, *baselines]:
+        per_class = (item.get("test") or {}).get("per_class") or {}
+        if not per_class:
+            continue
+        name = item.get("arm") or f"*{item['name']}*"
+        rows.append([name, *(fmt_num(per_class.get(lab, {}).get("f1")) for lab in labels)])
+    return rows
+
+
+def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    rows = []
+    for arm in arms:
+        for r in arm.get("steer_rounds") or []:
+            rows.append(
+                [
+                    arm["arm"],
+                    str(r.get("round")),
+                    fmt_int(r.get("pool_size")),
+                    fmt_int(r.get("accepted")),
+                    fmt_num(100 * r["accuracy"] if r.get("accuracy") is not None else None),
+                    fmt_int(r.get("memory_size")),
+                    fmt_int(r.get("tokens_generated")),
+                    "continue" if r.get("continue") else f"stop ({r.get('stop_reason') or ''})",
+                ]
+            )
+    return rows
+
+
+def render_section(section: Mapping[str, Any]) -> str:
+    """One dataset's part of RESULTS.md.
+
+    ``section`` keys: dataset, label_set, labels, test_n, dev_n, settings (list of lines),
+    arms (arm dicts), baselines (baseline dicts), shared (list of lines: e.g. clue generation),
+    bootstrap (resamples, seed), test_set_note.
+    """
+    ds = section["dataset"]
+    arms = list(section.get("arms") or [])
+    baselines = list(section.get("baselines") or [])
+    boot = section.get("bootstrap") or {}
+    out = [f"## {section.get('title', ds)}", ""]
+    out += [f"- {line}" for line in section.get("settings") or []]
+    out += [
+        f"- Test: {fmt_int(section.get('test_n'))} utterances; dev (model selection): "
+        f"{fmt_int(section.get('dev_n'))}. Scores in percent on label set `{section.get('label_set')}`; "
+        f"95 % intervals: percentile bootstrap over test utterances, {boot.get('resamples', DASH)} resamples, "
+        f"seed {boot.get('seed', DASH)}.",
+    ]
+    if section.get("test_set_note"):
+        out.append(f"- {section['test_set_note']}")
+    out += ["", "### Arms and reference baselines", ""]
+    out += _table(MAIN_HEADER, [arm_row(a) for a in arms] + [baseline_row(b) for b in baselines])
+    out += [
+        "",
+        "*Italic rows* are reference baselines computed by the runner on the same test utterances "
+        "(no training budget; wall time is the fit + predict time). Tokens trained: non-padding "
+        "tokens seen by all training steps of the arm (all epochs). Tokens generated: STEeR rationales, "
+        "clue writing done by this arm, and test answers (dev answers during epoch selection are not "
+        "counted). Wall time: the succeeded attempt of every step of the arm.",
+        "",
+    ]
+    refs = REFERENCE_BASELINES.get(ds)
+    if refs and baselines:
+        got = {b["key"]: (b.get("test_ci") or {}).get("weighted_f1", {}).get("point") for b in baselines}
+        out += [
+            "Baselines against the figures in `../shared/data/README.md` (weighted F1, full test split): "
+            + "; ".join(f"{k}: {fmt_num(got.get(k))} here vs {v:.2f} there" for k, v in refs.items())
+            + ".",
+            "",
+        ]
+    labels = section.get("labels") or []
+    pc = per_class_rows(labels, arms, baselines)
+    if pc:
+        out += ["### Per-class F1 on test", ""]
+        out += _table(["arm", *labels], pc)
+        out.append("")
+    sr = steer_rows(arms)
+    if sr:
+        out += ["### STEeR rounds", ""]
+        out += _table(
+            [
+                "arm",
+                "round",
+                "pool",
+                "accepted",
+                "pool accuracy %",
+                "memory after",
+                "tokens generated",
+                "decision",
+            ],
+            sr,
+        )
+        out.append("")
+    if section.get("shared"):
+        out += ["### Shared work", ""] + [f"- {line}" for line in section["shared"]] + [""]
+    papers = PAPER_FIGURES.get(ds)
+    if papers:
+        out += [
+            "### Published figures (not produced here)",
+            "",
+            "Weighted F1 on test as the papers' own repositories report it, with 7B-13B models and the "
+            "best epoch picked on the test set — labelled for context, not comparable to the rows above.",
+            "",
+        ]
+        out += _table(["method (paper)", "test wF1"], [[name, f"{f1:.2f}"] for name, f1 in papers])
+        out.append("")
+    out += ["### Where each number comes from", ""]
+    for arm in arms:
+        links = arm.get("links") or {}
+        parts = [
+            link(key, links.get(key)) for key in ("spec", "bench_spec", "best", "metrics", "predictions")
+        ]
+        out.append(
+            f"- **{arm['arm']}** (`{arm.get('experiment')}`): " + " · ".join(p for p in parts if "](" in p)
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+def render_results(sections: Sequence[Mapping[str, Any]], header: Sequence[str] = ()) -> str:
+    """The whole RESULTS.md: a header, then one section per dataset."""
+    out = ["# Quality benchmark: the CoE ablation table", ""]
+    out += list(header)
+    if header:
+        out.append("")
+    for s in sections:
+        out.append(render_section(s))
+    return "\n".join(out).rstrip() + "\n"

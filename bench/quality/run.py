@@ -1,0 +1,612 @@
+"""Run the CoE ablation arms of one dataset through the local executor and write RESULTS.md.
+
+    python -m bench.quality.run --dataset meld            (or: coe-ctl bench quality --dataset meld)
+    python -m bench.quality.run --dataset meld --report-only
+
+Every arm is one ``CoEExperiment`` spec in ``bench/quality/<dataset>/``; the arms run in
+:data:`ARM_ORDER` (the clue arm first: it writes the shared clue cache the later arms read).
+Resumable: each arm runs through :class:`coe_controller.local.LocalExecutor`, which skips every
+step already published in the store and redoes an interrupted one, so the runner can be killed
+and restarted at any point. RESULTS.md is rewritten from the store after every arm, so it always
+shows what is finished (and, for an unfinished arm, which step is next).
+
+Data files: a spec names its files by base name; the runner binds them to
+``<data-dir>/<label set>/<base name>`` (``--data-dir``, default ``$COE_DATA_DIR`` or
+``../shared/data`` beside the repository), so the same specs work wherever the data lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `python bench/quality/run.py` as well as `-m bench.quality.run`
+    sys.path.insert(0, str(REPO))
+
+from bench.quality import baselines as bl  # noqa: E402
+from bench.quality.report import render_results  # noqa: E402
+from bench.quality.stats import bootstrap_intervals  # noqa: E402
+from coe_runtime.errors import ConfigError, DataError  # noqa: E402
+
+BENCH_DIR = REPO / "bench" / "quality"
+RESULTS = BENCH_DIR / "RESULTS.md"
+DATASETS = ("meld", "emorynlp")
+# Run order and table order; the clue arm runs before the other clue users (cache writer first).
+ARM_ORDER = ("erc-only", "clues", "steer", "full-curriculum", "mixed-auxiliary")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass
+class Arm:
+    name: str  # the spec file's stem, e.g. "steer"
+    spec_path: Path
+    spec: Any  # coe_controller.spec.CoEExperiment (paths resolved, data files bound)
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("COE_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def bind_data_files(spec: Any, data_dir: Path) -> Any:
+    """A copy of ``spec`` whose dataset files are ``<data_dir>/<label set>/<base name>``."""
+    from coe_controller.spec import DatasetFiles
+
+    folder = data_dir / spec.spec.dataset.label_set.name
+    files = {k: str(folder / Path(v).name) for k, v in spec.spec.dataset.files.as_dict().items()}
+    for split, path in files.items():
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"{spec.name}: dataset file for {split} not found at {path}; "
+                f"pass --data-dir (a folder holding {spec.spec.dataset.label_set.name}/) or set $COE_DATA_DIR"
+            )
+    dataset = spec.spec.dataset.model_copy(update={"files": DatasetFiles(**files)})
+    return spec.model_copy(update={"spec": spec.spec.model_copy(update={"dataset": dataset})})
+
+
+def arm_sort_key(name: str) -> tuple[int, str]:
+    return (ARM_ORDER.index(name) if name in ARM_ORDER else len(ARM_ORDER), name)
+
+
+def load_arms(
+    spec_dir: Path,
+    data_dir: Path,
+    store: str | None = None,
+    only: Sequence[str] | None = None,
+) -> list[Arm]:
+    """The arm specs of one dataset folder, in run order; ``store`` replaces every spec's store."""
+    from coe_controller.spec import load_spec
+
+    paths = sorted(spec_dir.glob("*.yaml"), key=lambda p: arm_sort_key(p.stem))
+    if not paths:
+        raise ConfigError(f"{spec_dir}: no arm specs (*.yaml) here")
+    unknown = sorted(set(only or ()) - {p.stem for p in paths})
+    if unknown:
+        raise ConfigError(
+            f"--arms {unknown}: no such arm in {spec_dir}; expected some of {[p.stem for p in paths]}"
+        )
+    arms = []
+    for path in paths:
+        if only and path.stem not in only:
+            continue
+        spec = load_spec(path)
+        if store:
+            spec = spec.model_copy(update={"spec": spec.spec.model_copy(update={"store": store})})
+            clues = spec.spec.clues
+            if clues.cache:  # keep the shared clue cache inside the replaced store
+                cache = clues.model_copy(
+                    update={"cache": store.rstrip("/") + "/" + clues.cache.rstrip("/").rsplit("/", 1)[-1]}
+                )
+                spec = spec.model_copy(update={"spec": spec.spec.model_copy(update={"clues": cache})})
+        arms.append(Arm(path.stem, path, bind_data_files(spec, data_dir)))
+    return arms
+
+
+def check_same_budget(arms: Sequence[Arm]) -> None:
+    """Every arm must share base model, data subset and prompt settings (what makes the table fair)."""
+
+    def key(a: Arm) -> dict:
+        s = a.spec.spec
+        return {
+            "base_model": s.base_model.model_dump(),
+            "dataset": s.dataset.model_dump(),
+            "lora": s.lora.model_dump(),
+            "optimizer": s.optimizer.model_dump(),
+            "erc": s.training.erc.model_dump(),
+            "evaluation": s.evaluation.model_dump(),
+        }
+
+    if not arms:
+        return
+    first = key(arms[0])
+    for a in arms[1:]:
+        k = key(a)
+        diff = sorted(field for field in first if first[field] != k[field])
+        if diff:
+            raise ConfigError(
+                f"{a.spec_path}: arm differs from {arms[0].spec_path.name} in {diff}; every arm must share the "
+                "base model, data subset, prompt settings, LoRA, optimizer, ERC budget and evaluation"
+            )
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def run_arms(arms: Sequence[Arm], console: Any = None, after_each: Any = None) -> bool:
+    """Run each arm to the end (published steps are skipped); False at the first failed arm."""
+    from coe_controller.local import LocalExecutor
+    from rich.console import Console
+
+    console = console or Console()
+    for arm in arms:
+        console.rule(f"[bold]{arm.name}[/] ({arm.spec.name})")
+        result = LocalExecutor(arm.spec, console=console).run()
+        if after_each:
+            after_each()
+        if not result.ok:
+            failed = result.failed
+            what = f"step {failed.step} {failed.status}" if failed else "failed"
+            reason = f": {failed.reason}" if failed and failed.reason else ""
+            console.print(f"[red]arm {arm.name}: {what}{reason}[/]; rerun the same command to resume")
+            if failed and failed.log_tail:
+                console.print("\n".join(failed.log_tail[-10:]), highlight=False, markup=False)
+            return False
+    return True
+
+
+# -- collecting ------------------------------------------------------------------------------
+
+
+def _local(uri: str) -> Path | None:
+    from coe_runtime.store import FileStore
+
+    return FileStore._path(uri) if uri.startswith("file://") else None
+
+
+def _rel(uri: str | None, results_dir: Path) -> str | None:
+    if not uri:
+        return None
+    path = _local(uri)
+    if path is None:
+        return uri
+    return os.path.relpath(path, results_dir)
+
+
+def _read(store: Any, uri: str) -> Any:
+    return store.read_json(uri) if store.exists(uri) else None
+
+
+def count_answer_tokens(texts: Sequence[str], model_ref: Any) -> int:
+    """Tokens of generated answers, re-tokenised with the base model's tokenizer (EOS not counted)."""
+    from coe_runtime.models import load_tokenizer
+
+    if not texts:
+        return 0
+    tokenizer = load_tokenizer(model_ref)
+    return sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+
+
+def collect_arm(arm: Arm, results_dir: Path) -> dict[str, Any]:
+    """Everything RESULTS.md shows about one arm, read from the store."""
+    from coe_controller.local import experiment_status, runs_prefix
+    from coe_controller.planner import experiment_prefix, observe_rounds, plan
+
+    from coe_runtime.store import get_store, join
+
+    spec = arm.spec
+    store = get_store(spec.spec.store)
+    status = experiment_status(spec, store)
+    steps = plan(spec, observe_rounds(spec, store))
+    by_name = {s.name: s for s in steps}
+    rows = {r["name"]: r for r in status["steps"]}
+    pending = [r["name"] for r in status["steps"] if r["state"] != "succeeded"]
+    out: dict[str, Any] = {
+        "arm": arm.name,
+        "experiment": spec.name,
+        "strategy": spec.spec.strategy,
+        "stages": list(spec.spec.stage_order),
+        "complete": not pending,
+        "next_step": pending[0] if pending else None,
+        "wall_s": round(sum(r["duration_s"] or 0 for r in rows.values() if r["state"] == "succeeded"), 1),
+    }
+    tokens_trained = 0
+    tokens_generated = 0
+    rounds = []
+    for s in steps:
+        if rows.get(s.name, {}).get("state") != "succeeded":
+            continue
+        if s.kind == "train":
+            resolved = _read(store, join(s.output, "resolved-config.json")) or {}
+            tokens_trained += int((resolved.get("summary") or {}).get("non_pad_tokens") or 0)
+        elif s.kind == "steer_round":
+            r = _read(store, join(s.output, f"round-{s.round}.json")) or {}
+            tokens_generated += int(r.get("tokens_generated") or 0)
+            rounds.append(r)
+        elif s.kind == "clues":
+            c = _read(store, join(s.output, "clues-summary.json")) or {}
+            tokens_generated += int(c.get("tokens_generated") or 0)
+            out["clues"] = {
+                k: c.get(k)
+                for k in (
+                    "requests",
+                    "unique_requests",
+                    "generated",
+                    "from_cache",
+                    "empty",
+                    "tokens_generated",
+                    "seconds",
+                )
+            }
+    out["tokens_trained"] = tokens_trained
+    out["steer_rounds"] = rounds
+    links: dict[str, str | None] = {
+        "run_dir": _rel(experiment_prefix(spec), results_dir),
+        "spec": _rel(join(runs_prefix(spec), "spec.yaml"), results_dir),
+        "bench_spec": os.path.relpath(arm.spec_path, results_dir),
+    }
+    erc = by_name.get("erc")
+    if erc and rows.get("erc", {}).get("state") == "succeeded":
+        best = _read(store, join(erc.output, "best.json"))
+        if best:
+            out["dev"] = best
+            links["best"] = _rel(join(erc.output, "best.json"), results_dir)
+    test = by_name.get("test")
+    if test and rows.get("test", {}).get("state") == "succeeded":
+        metrics = _read(store, join(test.output, "metrics.json")) or {}
+        preds = store.read_jsonl(join(test.output, "predictions.jsonl"))
+        out["test"] = {
+            k: metrics.get(k)
+            for k in (
+                "n",
+                "weighted_f1",
+                "macro_f1",
+                "accuracy",
+                "per_class",
+                "fallback_share",
+                "unparsed",
+                "labels",
+            )
+        }
+        out["test_ids"] = [p["id"] for p in preds]
+        ci = bootstrap_intervals(
+            [p["gold"] for p in preds],
+            [p["parsed_label"] for p in preds],
+            metrics.get("labels") or sorted({p["gold"] for p in preds}),
+            BOOTSTRAP_RESAMPLES,
+            BOOTSTRAP_SEED,
+        )
+        out["test_ci"] = {k: v.as_dict() for k, v in ci.items()}
+        tokens_generated += count_answer_tokens([p["output"] for p in preds], spec.spec.base_model)
+        links["metrics"] = _rel(join(test.output, "metrics.json"), results_dir)
+        links["predictions"] = _rel(join(test.output, "predictions.jsonl"), results_dir)
+    out["tokens_generated"] = tokens_generated
+    out["links"] = links
+    return out
+
+
+def _source(spec: Any) -> Any:
+    return spec.spec.dataset.to_source()
+
+
+def test_utterances(arms: Sequence[Arm]) -> tuple[list[str] | None, str | None]:
+    """The test utterance ids the arms are scored on (from the first published prepare step)."""
+    from coe_controller.planner import step_output
+
+    from coe_runtime.store import get_store, join
+
+    for arm in arms:
+        prep = step_output(arm.spec, "prepare")
+        store = get_store(arm.spec.spec.store)
+        if store.is_published(prep):
+            rows = store.read_jsonl(join(prep, "erc-test.jsonl"))
+            return [r["meta"]["uid"] for r in rows], arm.name
+    return None, None
+
+
+def compute_baselines(
+    arm: Arm, test_uids: Sequence[str] | None, train: str = "full", cache_uri: str | None = None
+) -> list[dict[str, Any]]:
+    """Majority class and TF-IDF+LR, fitted on the training split (``full``, or ``arms``: the
+    arms' dialogue subset) and scored on ``test_uids`` (None: the whole test split)."""
+    from coe_runtime.labels import get_label_set
+    from coe_runtime.metrics import compute_metrics
+    from coe_runtime.readers import load_split
+    from coe_runtime.store import get_store
+    from coe_runtime.tasks import subset_dialogues
+
+    src = _source(arm.spec)
+    ls = src.label_set
+    label_set = get_label_set(ls.name, ls.naming, ls.custom_prompt_names or None)
+    settings = bl.tfidf_settings(ls.name)
+    key_obj = {
+        "files": {k: [Path(v).name, Path(v).stat().st_size] for k, v in src.files.items()},
+        "train": train,
+        "max_dialogues": src.max_dialogues if train == "arms" else 0,
+        "subset_seed": src.subset_seed,
+        "settings": settings,
+        "test": hashlib.sha256("\n".join(test_uids or []).encode()).hexdigest(),
+        "resamples": BOOTSTRAP_RESAMPLES,
+        "seed": BOOTSTRAP_SEED,
+        "version": 1,
+    }
+    key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:16]
+    if cache_uri:
+        uri = f"{cache_uri.rstrip('/')}/{ls.name}-{key}.json"
+        store = get_store(uri)
+        if store.exists(uri):
+            return store.read_json(uri)
+    train_dialogues = load_split(src, "train")
+    if train == "arms":
+        train_dialogues = subset_dialogues(train_dialogues, src.max_dialogues, src.subset_seed)
+    train_texts = bl.utterances_of(train_dialogues)
+    test_all = bl.utterances_of(load_split(src, "test"))
+    if test_uids is not None:
+        where = {uid: i for i, uid in enumerate(test_all.ids)}
+        missing = [u for u in test_uids if u not in where]
+        if missing:
+            raise DataError(
+                str(src.files.get("test")),
+                None,
+                f"{len(missing)} test utterances of the arms are not in the test split (first: {missing[0]})",
+            )
+        pick = [where[u] for u in test_uids]
+        test = bl.LabelledTexts(
+            [test_all.texts[i] for i in pick], [test_all.labels[i] for i in pick], list(test_uids)
+        )
+    else:
+        test = test_all
+    results = []
+    for name, key_name, predict in (
+        (
+            "majority class",
+            "majority",
+            lambda: bl.majority_predict(train_texts.labels, len(test.texts), label_set.labels),
+        ),
+        (
+            f"TF-IDF (1-2-grams) + LR{' (class-balanced)' if settings['class_weight'] else ''}",
+            "tfidf_lr",
+            lambda: bl.tfidf_lr_predict(train_texts, test.texts, settings),
+        ),
+    ):
+        started = time.perf_counter()
+        pred = predict()
+        seconds = time.perf_counter() - started
+        metrics = compute_metrics(test.labels, pred, label_set)
+        ci = bootstrap_intervals(test.labels, pred, label_set.labels, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+        results.append(
+            {
+                "name": name,
+                "key": key_name,
+                "train": f"{train} training split ({len(train_texts.texts)} utterances)",
+                "test": {k: metrics[k] for k in ("n", "weighted_f1", "macro_f1", "accuracy", "per_class")},
+                "test_ci": {k: v.as_dict() for k, v in ci.items()},
+                "seconds": round(seconds, 2),
+                "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
+            }
+        )
+    if cache_uri:
+        store.write_json(uri, results)
+    return results
+
+
+def settings_lines(arm: Arm) -> list[str]:
+    s = arm.spec.spec
+    d = s.dataset
+    t = s.training
+    lines = [
+        f"Base model `{s.base_model.name_or_path}`; LoRA r={s.lora.r}, alpha={s.lora.alpha} on "
+        f"{', '.join(s.lora.target_modules)}; lr {s.optimizer.learning_rate:g}, effective batch "
+        f"{s.optimizer.per_device_batch_size * s.optimizer.gradient_accumulation_steps}.",
+        f"Data: `{d.format}`, {d.max_dialogues or 'all'} dialogues per split (seed {d.subset_seed}), "
+        f"{d.max_train_examples or 'all'} training examples per task (stratified), dev "
+        f"{d.max_dev_examples or 'all'}, test {d.max_test_examples or 'all'}; history window {d.history_window}, "
+        f"max length {d.max_length} tokens.",
+        f"Epochs: ERC {t.erc.epochs:g} (best epoch on dev), role-play {t.roleplay.epochs:g}, speaker-ID "
+        f"{t.speaker_id.epochs:g}, STEeR {t.steer.epochs:g} per round, mixed {t.mixed.epochs:g}; STEeR up to "
+        f"{s.steer.rounds} rounds, pool {s.steer.max_pool or 'all'}, rationale ≤ {s.steer.rationale_max_new_tokens} tokens.",
+        "Budget arithmetic and what was cut versus the paper: [README.md](README.md).",
+    ]
+    return lines
+
+
+def build_section(
+    dataset: str,
+    arms: Sequence[Arm],
+    results_dir: Path,
+    baseline_train: str = "full",
+    baseline_cache: str | None = None,
+) -> dict[str, Any]:
+    collected = [collect_arm(a, results_dir) for a in arms]
+    test_uids, source_arm = test_utterances(arms)
+    note = None
+    ids = [tuple(c["test_ids"]) for c in collected if c.get("test_ids")]
+    if ids and any(i != ids[0] for i in ids):
+        note = "WARNING: the arms were scored on different test utterances; their rows are not comparable."
+    baselines = compute_baselines(arms[0], test_uids, baseline_train, baseline_cache) if arms else []
+    clue_lines = [
+        f"clue writing in arm {c['arm']}: {c['clues']['generated']} generated, {c['clues']['from_cache']} from the "
+        f"shared cache, {fmt(c['clues']['tokens_generated'])} tokens, {c['clues']['seconds']} s"
+        for c in collected
+        if c.get("clues")
+    ]
+    labels = next((c["test"]["labels"] for c in collected if c.get("test")), None)
+    if labels is None and baselines:
+        labels = list(baselines[0]["test"]["per_class"])
+    dev_n = None
+    for c in collected:
+        if c.get("dev"):
+            dev_n = _dev_n(arms[collected.index(c)])
+            break
+    for c in collected:
+        c.pop("test_ids", None)
+    return {
+        "dataset": dataset,
+        "title": {"meld": "MELD", "emorynlp": "EmoryNLP"}.get(dataset, dataset),
+        "label_set": arms[0].spec.spec.dataset.label_set.name if arms else dataset,
+        "labels": labels or [],
+        "test_n": len(test_uids) if test_uids is not None else None,
+        "dev_n": dev_n,
+        "settings": settings_lines(arms[0]) if arms else [],
+        "arms": collected,
+        "baselines": baselines,
+        "shared": clue_lines,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+        "test_set_note": note
+        or (
+            f"Test utterances: those of `{source_arm}`'s prepare step (every arm shares them)."
+            if source_arm
+            else None
+        ),
+    }
+
+
+def fmt(n: Any) -> str:
+    return f"{int(n or 0):,}"
+
+
+def _dev_n(arm: Arm) -> int | None:
+    from coe_controller.planner import step_output
+
+    from coe_runtime.store import get_store, join
+
+    uri = join(step_output(arm.spec, "prepare"), "erc-dev.jsonl")
+    store = get_store(uri)
+    return len(store.read_jsonl(uri)) if store.exists(uri) else None
+
+
+def write_results(path: Path, sections: Sequence[dict[str, Any]], command: str) -> Path:
+    """RESULTS.md (temp file + rename) and RESULTS.json beside it (the same data, machine-readable)."""
+    header = [
+        f"Produced by `{command}` (resumable; rerun it to continue or refresh). Last written "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}.",
+    ]
+    text = render_results(sections, header)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, data in (
+        (path, text),
+        (path.with_suffix(".json"), json.dumps(list(sections), indent=2, default=str) + "\n"),
+    ):
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(data, encoding="utf-8")
+        tmp.replace(target)
+    return path
+
+
+def refresh_results(
+    datasets: dict[str, list[Arm]],
+    results: Path,
+    command: str,
+    baseline_train: str = "full",
+    baseline_cache: str | None = None,
+) -> Path:
+    sections = [
+        build_section(ds, arms, results.parent, baseline_train, baseline_cache)
+        for ds, arms in datasets.items()
+        if arms
+    ]
+    return write_results(results, sections, command)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", choices=[*DATASETS, "all"], default="meld", help="which table to run (default meld)"
+    )
+    p.add_argument("--specs", type=Path, default=BENCH_DIR, help="folder holding <dataset>/*.yaml arm specs")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding meld/ and emorynlp/ (default $COE_DATA_DIR or ../shared/data)",
+    )
+    p.add_argument(
+        "--store", default=None, help="replace the specs' store URI (e.g. file:///big/disk/coe-runs)"
+    )
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        help="run only these arms (the table still lists every finished arm)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where to write RESULTS.md (default bench/quality/RESULTS.md)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing; rewrite RESULTS.md from the store"
+    )
+    p.add_argument(
+        "--baseline-train", choices=["full", "arms"], default="full",
+        help="fit the baselines on the full training split (default, as the data README) or the arms' dialogue subset",
+    )  # fmt: skip
+
+
+def main_with_args(args: argparse.Namespace, command: str = "python -m bench.quality.run") -> int:
+    from rich.console import Console
+
+    console = Console()
+    data_dir = args.data_dir or default_data_dir()
+    names = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    datasets: dict[str, list[Arm]] = {}
+    for ds in names:
+        datasets[ds] = load_arms(args.specs / ds, data_dir, args.store)
+        check_same_budget(datasets[ds])
+    # The table shows every dataset folder that has arms; only the chosen ones run.
+    full_command = f"{command} --dataset {args.dataset}"
+    baseline_cache = None
+    first = next((a for arms in datasets.values() for a in arms), None)
+    if first is not None:
+        baseline_cache = first.spec.spec.store.rstrip("/") + "/quality-baselines"
+
+    def refresh() -> None:
+        refresh_results(datasets, args.results, full_command, args.baseline_train, baseline_cache)
+        console.print(f"wrote {args.results}")
+
+    if not args.report_only:
+        for ds in names:
+            run = [a for a in datasets[ds] if not args.arms or a.name in args.arms]
+            if args.arms:
+                unknown = sorted(set(args.arms) - {a.name for a in datasets[ds]})
+                if unknown:
+                    raise ConfigError(
+                        f"--arms {unknown}: no such arm for {ds}; expected some of {[a.name for a in datasets[ds]]}"
+                    )
+            if not run_arms(run, console, after_each=refresh):
+                return 1
+    refresh()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from coe_runtime.errors import CoEError
+
+    args = parse_args(argv)
+    try:
+        return main_with_args(args)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except CoEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
