@@ -272,7 +272,7 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
     store = get_store(step.output)
     if store.is_published(step.output):
         return {**store.read_json(join(step.output, "clues-summary.json")), "skipped": True}
-    from coe_runtime.steer import init_distributed
+    from coe_runtime.generate import init_distributed
 
     init_distributed()
     started = time.monotonic()

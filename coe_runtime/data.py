@@ -93,10 +93,16 @@ def iter_examples(path: str | Path) -> Iterator[Example]:
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(str(path), lineno, f"not valid JSON ({e.msg}); expected one example object per line") from None
+                raise DataError(
+                    str(path), lineno, f"not valid JSON ({e.msg}); expected one example object per line"
+                ) from None
             missing = [k for k in ("id", "task", "prompt", "target") if k not in d]
             if missing:
-                raise DataError(str(path), lineno, f"example is missing {missing}; expected keys id, task, prompt, target, meta")
+                raise DataError(
+                    str(path),
+                    lineno,
+                    f"example is missing {missing}; expected keys id, task, prompt, target, meta",
+                )
             yield Example(d["id"], d["task"], d["prompt"], d["target"], d.get("meta") or {})
 
 

@@ -285,6 +285,22 @@ class Generator:
         return new_tokens
 
 
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun with several processes (WORLD_SIZE > 1),
+    so the generator shards the work instead of every rank generating everything; no-op otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def run_generate(step: GenerateStep) -> dict:
     """Predictions JSONL ``{id, output, parsed_label, gold, parse_method}`` (+ ``metrics.json``),
     published under ``step.output`` by rank 0."""
@@ -294,6 +310,7 @@ def run_generate(step: GenerateStep) -> dict:
     from coe_runtime.store import get_store, normalize_uri
 
     step = step.model_copy(update={"output": normalize_uri(step.output)})
+    init_distributed()  # under torchrun each rank generates its own shard
     label_set = label_set_of(step.label_set)
     examples = read_examples_uri(step.input_file, "input_file")
     progress.report(step=step.name, phase="load", message=f"{len(examples)} examples")

@@ -35,7 +35,11 @@ class LabelSet:
         unknown = sorted(set(names) - set(self.labels))
         if unknown:
             raise ConfigError(f"label set {self.name}: unknown labels {unknown}; known: {list(self.labels)}")
-        return LabelSet(self.name, self.labels, tuple(names.get(lab, p) for lab, p in zip(self.labels, self.prompt_names, strict=True)))
+        return LabelSet(
+            self.name,
+            self.labels,
+            tuple(names.get(lab, p) for lab, p in zip(self.labels, self.prompt_names, strict=True)),
+        )
 
     def to_dict(self) -> dict:
         return {"name": self.name, "labels": list(self.labels), "prompt_names": list(self.prompt_names)}

@@ -388,22 +388,6 @@ def _make_generator(step: SteerRoundStep, label_set: LabelSet) -> Any:
     return Generator.load(step.base_model, step.adapter, label_names=label_set.prompt_names)
 
 
-def init_distributed() -> None:
-    """Join the process group when launched by torchrun with several processes (WORLD_SIZE > 1),
-    so the generator shards the work instead of every rank generating everything; no-op otherwise."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_available() and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
 def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = None) -> dict[str, Any]:
     """Run one STEeR round; returns the round report (``round-N.json``).
 
@@ -420,6 +404,8 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     if store.is_published(step.output):
         done = store.read_json(join(step.output, f"round-{n}.json"))
         return {**done, "skipped": True}
+
+    from coe_runtime.generate import init_distributed
 
     init_distributed()
     label_set = get_label_set(
