@@ -36,7 +36,7 @@ DEEPSPEED_DIR = "/etc/coe/deepspeed"
 DEEPSPEED_PATH = f"{DEEPSPEED_DIR}/ds.json"
 WORK_DIR = "/var/coe/work"
 CONTAINER_NAME = "pytorch"  # the training operator finds the container by this name
-RUNTIME_UID = 1000
+RUNTIME_UID = 10001  # the runtime image's USER (images/runtime/Dockerfile; a packaging test checks)
 
 LABEL_EXPERIMENT = "coe.ml/experiment"
 LABEL_STEP = "coe.ml/step"

@@ -176,3 +176,12 @@ def test_make_images_builds_and_pushes_both_with_the_tag():
         assert f"-t registry.example.com/team/{image}:9.9.9" in out
         assert f"push registry.example.com/team/{image}:9.9.9" in out
     assert "TORCH_CUDA_ARCH_LIST=9.0" in out
+
+
+def test_step_pods_run_as_the_runtime_images_user():
+    """The pods' runAsUser/fsGroup are the image's USER, so the image's files and the volumes agree."""
+    from coe_controller import render
+
+    users = [line.split()[1] for line in _instructions(DOCKERFILES["runtime"]) if line.startswith("USER")]
+    uid, _, gid = users[-1].partition(":")
+    assert (str(render.RUNTIME_UID), str(render.RUNTIME_UID)) == (uid, gid or uid)
