@@ -42,6 +42,8 @@ RESULTS = BENCH_DIR / "RESULTS.md"
 DATASETS = ("meld", "emorynlp")
 # Run order and table order; the clue arm runs before the other clue users (cache writer first).
 ARM_ORDER = ("erc-only", "clues", "steer", "full-curriculum", "mixed-auxiliary")
+# A spec may name its arm with this label (the cluster specs do); else the file name is the arm.
+ARM_LABEL = "coe.ml/arm"
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
@@ -90,15 +92,8 @@ def load_arms(
     paths = sorted(spec_dir.glob("*.yaml"), key=lambda p: arm_sort_key(p.stem))
     if not paths:
         raise ConfigError(f"{spec_dir}: no arm specs (*.yaml) here")
-    unknown = sorted(set(only or ()) - {p.stem for p in paths})
-    if unknown:
-        raise ConfigError(
-            f"--arms {unknown}: no such arm in {spec_dir}; expected some of {[p.stem for p in paths]}"
-        )
     arms = []
     for path in paths:
-        if only and path.stem not in only:
-            continue
         spec = load_spec(path)
         if store:
             spec = spec.model_copy(update={"spec": spec.spec.model_copy(update={"store": store})})
@@ -108,7 +103,14 @@ def load_arms(
                     update={"cache": store.rstrip("/") + "/" + clues.cache.rstrip("/").rsplit("/", 1)[-1]}
                 )
                 spec = spec.model_copy(update={"spec": spec.spec.model_copy(update={"clues": cache})})
-        arms.append(Arm(path.stem, path, bind_data_files(spec, data_dir)))
+        name = spec.metadata.labels.get(ARM_LABEL, path.stem)
+        if not only or name in only:
+            arms.append(Arm(name, path, bind_data_files(spec, data_dir)))
+    arms.sort(key=lambda a: arm_sort_key(a.name))
+    if only and sorted(set(only)) != sorted({a.name for a in arms}):
+        raise ConfigError(
+            f"--arms {sorted(only)}: some are not arms in {spec_dir} (found {[a.name for a in arms]})"
+        )
     return arms
 
 
