@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 
 # Modules that contribute commands: each has ``register(subparsers)`` adding parsers whose
 # ``func(args) -> int`` runs the command.
-COMMAND_MODULES = ("cli_data", "cli_local", "cli_artifacts", "cli_cluster")
+COMMAND_MODULES = ("cli_data", "cli_local", "cli_artifacts", "cli_cluster", "cli_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,7 +87,12 @@ def arm_row(arm: Mapping[str, Any]) -> list[str]:
     dev = arm.get("dev") or {}
     ci = arm.get("test_ci") or {}
     test = arm.get("test") or {}
-    name = arm["arm"] if arm.get("complete") else f"{arm['arm']} (incomplete: next {arm.get('next_step')})"
+    if arm.get("complete"):
+        name = arm["arm"]
+    elif not arm.get("wall_s"):
+        name = f"{arm['arm']} (not started)"
+    else:
+        name = f"{arm['arm']} (incomplete: next {arm.get('next_step')})"
     return [
         name,
         fmt_num(dev.get("weighted_f1")),

@@ -456,7 +456,9 @@ def build_section(
         "title": {"meld": "MELD", "emorynlp": "EmoryNLP"}.get(dataset, dataset),
         "label_set": arms[0].spec.spec.dataset.label_set.name if arms else dataset,
         "labels": labels or [],
-        "test_n": len(test_uids) if test_uids is not None else None,
+        "test_n": len(test_uids)
+        if test_uids is not None
+        else (baselines[0]["test"]["n"] if baselines else None),
         "dev_n": dev_n,
         "settings": settings_lines(arms[0]) if arms else [],
         "arms": collected,

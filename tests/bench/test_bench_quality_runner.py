@@ -104,6 +104,16 @@ def test_bench_runner_tiny_end_to_end_is_resumable(tmp_path, tiny_specs, data_di
     assert {p: p.read_text() for p in attempts} == before
     assert "test wF1" in results.read_text()
 
+    # The same through coe-ctl, report only.
+    from coe_controller.cli import main as coe_ctl
+
+    results.unlink()
+    argv = ["bench", "quality", "--dataset", "meld", "--specs", str(tiny_specs), "--data-dir", str(data_dir),
+            "--store", store, "--results", str(results), "--baseline-train", "arms", "--report-only"]  # fmt: skip
+    assert coe_ctl(argv) == 0
+    assert "Produced by `coe-ctl bench quality --dataset meld`" in results.read_text()
+    assert {p: p.read_text() for p in attempts} == before
+
 
 def test_bench_runner_rejects_arms_with_different_budgets(tmp_path, tiny_specs, data_dir):
     other = tiny_arm("clues", True)
