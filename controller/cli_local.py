@@ -359,6 +359,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-n", "--namespace", default=None, help="namespace (cluster experiments)")
     p.add_argument("-w", "--watch", action="store_true", help="keep watching (cluster experiments)")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (cluster experiments)")
+    p.add_argument("--context", default=None, help="kubeconfig context (cluster experiments)")
     output(p)
 
     p = add(

@@ -310,8 +310,10 @@ def _set_parent_death_signal() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
-def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
-    """Stop a step's process group: SIGINT (lets torchrun stop its workers), then SIGKILL."""
+def _kill_group(pgid: int, grace_s: float = 10.0, leader: subprocess.Popen | None = None) -> None:
+    """Stop a step's process group: SIGINT (lets torchrun stop its workers), then SIGKILL.
+
+    ``leader`` (our child) is reaped while waiting: a zombie would keep the group alive."""
     for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         try:
             os.killpg(pgid, sig)
@@ -319,6 +321,8 @@ def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
+            if leader is not None:
+                leader.poll()
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
@@ -640,7 +644,7 @@ class LocalExecutor:
                             self.on_event(step.name, event)
                 rc = proc.wait()
             except KeyboardInterrupt:
-                _kill_group(proc.pid)
+                _kill_group(proc.pid, leader=proc)
                 proc.wait()
                 status = "interrupted"
                 rc = proc.returncode
