@@ -190,7 +190,7 @@ def find_smollm2_gguf() -> Path:
 def ensure_smollm2() -> Path:
     """A plain fp32 LlamaForCausalLM checkpoint converted from the bundled GGUF (cached)."""
     gguf_path = find_smollm2_gguf()
-    dest = cache_dir() / "models" / f"smollm2-135m-{gguf_path.stem}"
+    dest = cache_dir() / "models" / f"smollm2-135m-{gguf_path.stem}-v2"  # v2: no quantization_config
 
     def build(tmp: Path) -> None:
         import torch
@@ -203,7 +203,10 @@ def ensure_smollm2() -> Path:
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         except ImportError as e:
             raise ConfigError(f"model {SMOLLM2_GGUF!r}: reading GGUF needs the gguf package ({e})") from None
-        plain = LlamaForCausalLM(loaded.config)
+        # The GGUF loader marks the config as quantized; the dequantised copy is a plain fp32
+        # model, and Trainer refuses to train anything still flagged as GGUF-quantized.
+        config_dict = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+        plain = LlamaForCausalLM(type(loaded.config).from_dict(config_dict))
         plain.load_state_dict(loaded.state_dict(), strict=False)
         if loaded.config.tie_word_embeddings:
             plain.tie_weights()

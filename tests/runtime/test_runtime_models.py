@@ -73,6 +73,9 @@ def test_smollm2_gguf_converts_to_a_plain_checkpoint_that_answers():
     ref = ModelRef(name_or_path="smollm2-135m-gguf")
     model = load_model(ref)
     assert type(model).__name__ == "LlamaForCausalLM"
+    # A plain checkpoint: Trainer refuses to fine-tune a model still flagged as GGUF-quantized.
+    assert getattr(model.config, "quantization_config", None) is None
+    assert getattr(model, "hf_quantizer", None) is None
     gen = Generator(model, load_tokenizer(ref))
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     assert "Paris" in gen.generate([prompt], GenerationSettings(max_new_tokens=12))[0].text
