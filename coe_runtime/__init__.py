@@ -1,10 +1,12 @@
 """CoE runtime: everything that runs inside a pod (or a local subprocess) for one step.
 
-Layering (imports point downwards only):
-  ground floor : errors, labels, data, store, models, answers
-  above        : readers, clue_file, prompts, tasks, metrics, step
-  above        : train, generate
-  top          : steer, clues, evaluate, __main__
+Layering (imports point downwards only; tests/architecture checks it):
+  0 ground : errors, labels, data, store (+ s3store), answers, progress, step
+  1 data   : models, readers, clue_file, seeds, prompts, tasks, metrics
+  2        : generate
+  3        : evaluate
+  4        : train, prepare
+  5 top    : steer, clues, __main__
 """
 
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ def _runner(kind: str) -> Callable[[Any], dict]:
 
         return run_train
     if kind == "generate":
-        from coe_runtime.generate import run_generate
+        from coe_runtime.evaluate import run_generate
 
         return run_generate
     if kind == "steer_round":

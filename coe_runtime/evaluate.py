@@ -1,22 +1,26 @@
 """Generate on ERC examples, parse each answer against the dataset's own label set, and score.
 
 Used by ``train`` (dev set after each epoch, to choose the best epoch on dev) and by the
-``generate`` step (the test set, once, with the best adapter).
+``generate`` step (``run_generate``: the test set, once, with the best adapter).
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
+from coe_runtime import progress
 from coe_runtime.answers import parse_answer
 from coe_runtime.data import Example
 from coe_runtime.errors import DataError
+from coe_runtime.generate import Generator, dist_info, init_distributed, read_examples_uri
 from coe_runtime.labels import LabelSet, get_label_set
-from coe_runtime.step import GenerationSettings, LabelSetRef
-
-if TYPE_CHECKING:
-    from coe_runtime.generate import Generator
+from coe_runtime.step import GenerateStep, GenerationSettings, LabelSetRef
 
 
 def label_set_of(ref: LabelSetRef) -> LabelSet:
@@ -79,3 +83,52 @@ def evaluate_examples(
         [p["parse_method"] for p in predictions],
     )
     return predictions, metrics
+
+
+def run_generate(step: GenerateStep) -> dict:
+    """Predictions JSONL ``{id, output, parsed_label, gold, parse_method}`` (+ ``metrics.json``),
+    published under ``step.output`` by rank 0."""
+    from coe_runtime.metrics import write_metrics
+    from coe_runtime.models import default_device
+    from coe_runtime.store import get_store, normalize_uri
+
+    step = step.model_copy(update={"output": normalize_uri(step.output)})
+    init_distributed()  # under torchrun each rank generates its own shard
+    label_set = label_set_of(step.label_set)
+    examples = read_examples_uri(step.input_file, "input_file")
+    progress.report(step=step.name, phase="load", message=f"{len(examples)} examples")
+    generator = Generator.load(
+        step.base_model, step.adapter, device=default_device(), label_names=label_set.prompt_names
+    )
+    start = time.perf_counter()
+    predictions, metrics = evaluate_examples(
+        generator,
+        examples,
+        label_set,
+        step.generation,
+        with_metrics=step.with_metrics,
+        source=step.input_file,
+    )
+    seconds = time.perf_counter() - start
+    summary = {"examples": len(examples), "seconds": round(seconds, 3)}
+    if metrics is not None:
+        summary.update({k: metrics[k] for k in ("weighted_f1", "accuracy") if k in metrics})
+    rank, _ = dist_info()
+    if rank == 0:
+        with tempfile.TemporaryDirectory(prefix="coe-generate-") as tmp:
+            write_predictions(Path(tmp) / "predictions.jsonl", predictions)
+            if metrics is not None:
+                write_metrics(tmp, metrics)
+            get_store(step.output).publish(tmp, step.output, meta={"kind": "generate", **summary})
+    progress.report(step=step.name, phase="done", **summary)
+    return summary
+
+
+def write_predictions(path: Path, predictions: Sequence[Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for p in predictions:
+            f.write(
+                json.dumps(asdict(p) if hasattr(p, "__dataclass_fields__") else p, ensure_ascii=False) + "\n"
+            )
+    tmp.replace(path)

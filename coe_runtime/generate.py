@@ -13,17 +13,13 @@ the global gold list).
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coe_runtime import progress
-from coe_runtime.step import GenerateStep, GenerationSettings, ModelRef
+from coe_runtime.step import GenerationSettings, ModelRef
 
 if TYPE_CHECKING:
     import torch
@@ -299,53 +295,3 @@ def init_distributed() -> None:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def run_generate(step: GenerateStep) -> dict:
-    """Predictions JSONL ``{id, output, parsed_label, gold, parse_method}`` (+ ``metrics.json``),
-    published under ``step.output`` by rank 0."""
-    from coe_runtime.evaluate import evaluate_examples, label_set_of
-    from coe_runtime.metrics import write_metrics
-    from coe_runtime.models import default_device
-    from coe_runtime.store import get_store, normalize_uri
-
-    step = step.model_copy(update={"output": normalize_uri(step.output)})
-    init_distributed()  # under torchrun each rank generates its own shard
-    label_set = label_set_of(step.label_set)
-    examples = read_examples_uri(step.input_file, "input_file")
-    progress.report(step=step.name, phase="load", message=f"{len(examples)} examples")
-    generator = Generator.load(
-        step.base_model, step.adapter, device=default_device(), label_names=label_set.prompt_names
-    )
-    start = time.perf_counter()
-    predictions, metrics = evaluate_examples(
-        generator,
-        examples,
-        label_set,
-        step.generation,
-        with_metrics=step.with_metrics,
-        source=step.input_file,
-    )
-    seconds = time.perf_counter() - start
-    summary = {"examples": len(examples), "seconds": round(seconds, 3)}
-    if metrics is not None:
-        summary.update({k: metrics[k] for k in ("weighted_f1", "accuracy") if k in metrics})
-    rank, _ = dist_info()
-    if rank == 0:
-        with tempfile.TemporaryDirectory(prefix="coe-generate-") as tmp:
-            write_predictions(Path(tmp) / "predictions.jsonl", predictions)
-            if metrics is not None:
-                write_metrics(tmp, metrics)
-            get_store(step.output).publish(tmp, step.output, meta={"kind": "generate", **summary})
-    progress.report(step=step.name, phase="done", **summary)
-    return summary
-
-
-def write_predictions(path: Path, predictions: Sequence[Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(
-                json.dumps(asdict(p) if hasattr(p, "__dataclass_fields__") else p, ensure_ascii=False) + "\n"
-            )
-    tmp.replace(path)

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from coe_runtime.evaluate import run_generate
 from coe_runtime.generate import (
     AnswerCompleteStop,
     Generator,
     encode_prompt,
     length_sorted_batches,
-    run_generate,
 )
 from coe_runtime.models import load_model, load_tokenizer
 from coe_runtime.step import GenerationSettings, ModelRef, parse_step
