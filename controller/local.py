@@ -331,7 +331,11 @@ def _kill_group(pgid: int, grace_s: float = 10.0, leader: subprocess.Popen | Non
 
 
 def step_command(step: PlannedStep, config_path: Path, python: str = sys.executable) -> list[str]:
-    """The command a pod's container would run for this step (torchrun when nproc > 1)."""
+    """The command a pod's container would run for this step (torchrun when nproc > 1).
+
+    Several processes go through :mod:`coe_controller.launch`, the same torchrun wrapper the pods
+    use, so a worker's exit code (permanent 1-127, retryable 128-255) survives torchrun here too.
+    """
     module = os.environ.get(RUNTIME_MODULE_ENV, "coe_runtime")
     nproc = step.config.distributed.nproc_per_node
     args = [module, step.kind, "--config", str(config_path)]
@@ -339,7 +343,7 @@ def step_command(step: PlannedStep, config_path: Path, python: str = sys.executa
         return [
             python,
             "-m",
-            "torch.distributed.run",
+            "coe_controller.launch",
             "--standalone",
             f"--nproc-per-node={nproc}",
             "-m",
