@@ -20,18 +20,10 @@ from coe_controller.local import completed_executions, experiment_status, read_a
 from coe_controller.planner import plan
 from coe_controller.spec import load_spec
 
+from tests.local.local_support import QUICKSTART_STEPS
+
 REPO = Path(__file__).resolve().parents[2]
-ALL_STEPS = [
-    "prepare",
-    "roleplay",
-    "speaker-id",
-    "steer-r1-train",
-    "steer-r1",
-    "steer-r2-train",
-    "steer-r2",
-    "erc",
-    "test",
-]
+ALL_STEPS = QUICKSTART_STEPS
 
 
 @pytest.fixture

@@ -8,15 +8,11 @@ the test weighted F1 beats the majority-class baseline printed beside it. About 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.local.local_support import QUICKSTART_STEPS, REPO, run_coe_ctl
+
 QUICKSTART = REPO / "manifests" / "examples" / "quickstart.yaml"
 
 pytestmark = pytest.mark.slow
@@ -28,24 +24,14 @@ def test_quickstart_runs_the_full_curriculum_and_beats_the_majority_baseline(tmp
     spec_path = tmp_path / "quickstart.yaml"
     spec_path.write_text(yaml.safe_dump(doc))
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "coe_controller.cli", "run", str(spec_path), "--output", "json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
+    summary = run_coe_ctl(spec_path)
     assert summary["ok"]
 
     from coe_controller.local import completed_executions, read_attempts
     from coe_controller.spec import load_spec
 
     spec = load_spec(spec_path)
-    expected = ["prepare", "roleplay", "speaker-id", "steer-r1-train", "steer-r1"]
-    expected += ["steer-r2-train", "steer-r2", "erc", "test"]
-    for step in expected:
+    for step in QUICKSTART_STEPS:
         assert completed_executions(read_attempts(spec, step)) == 1, step
 
     baseline = summary["test_baseline"]["weighted_f1"]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from coe_controller.local import completed_executions, read_attempts
 from coe_controller.spec import load_spec
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.local.local_support import run_coe_ctl
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -50,15 +47,7 @@ def test_local_run_on_a_few_meld_dialogues(tmp_path, data_dir):
     }
     spec_path = tmp_path / "meld-tiny.yaml"
     spec_path.write_text(yaml.safe_dump(doc))
-    proc = subprocess.run(
-        [sys.executable, "-m", "coe_controller.cli", "run", str(spec_path), "--output", "json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
+    summary = run_coe_ctl(spec_path, timeout=600)
     assert summary["ok"]
     assert 0 <= summary["test_weighted_f1"] <= 100
     assert summary["test_baseline"]["label_set"] == "meld"

@@ -4,8 +4,6 @@ publishes once, from rank 0, with the same outputs as a single process."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from coe_controller.local import completed_executions, read_attempts, step_comma
 from coe_controller.planner import plan
 from coe_controller.spec import load_spec, parse_spec
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.local.local_support import run_coe_ctl
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +51,7 @@ def test_two_processes_use_the_launcher():
 def test_a_two_process_run_publishes_every_test_prediction_once(tmp_path):
     spec_path = tmp_path / "torchrun.yaml"
     spec_path.write_text(yaml.safe_dump(_doc(tmp_path / "runs", 2)))
-    proc = subprocess.run(
-        [sys.executable, "-m", "coe_controller.cli", "run", str(spec_path), "--output", "json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_coe_ctl(spec_path)
     spec = load_spec(spec_path)
     for step in ("prepare", "erc", "test"):
         assert completed_executions(read_attempts(spec, step)) == 1
