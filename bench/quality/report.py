@@ -223,6 +223,30 @@ def render_section(section: Mapping[str, Any]) -> str:
             sr,
         )
         out.append("")
+    samples = [a for a in arms if a.get("rationale_samples")]
+    if samples:
+        out += [
+            "### Rationale samples (last STEeR round of each arm)",
+            "",
+            "The model's own rationales, first accepted and rejected ones by id; quoted spans are "
+            "blanked and each is cut short, so no dataset line is reproduced here.",
+            "",
+        ]
+        rows = [
+            [
+                a["arm"],
+                str(a["rationale_samples"].get("round")),
+                f"`{s.get('id')}`",
+                str(s.get("gold")),
+                str(s.get("parsed")),
+                f"yes ({s.get('via')})" if s.get("accepted") else "no",
+                s.get("text") or DASH,
+            ]
+            for a in samples
+            for s in a["rationale_samples"].get("samples") or []
+        ]
+        out += _table(["arm", "round", "example", "gold", "parsed", "accepted", "generated text"], rows)
+        out.append("")
     if section.get("shared"):
         out += ["### Shared work", ""] + [f"- {line}" for line in section["shared"]] + [""]
     papers = PAPER_FIGURES.get(ds)
@@ -240,10 +264,14 @@ def render_section(section: Mapping[str, Any]) -> str:
     for arm in arms:
         links = arm.get("links") or {}
         parts = [
-            link(key, links.get(key)) for key in ("spec", "bench_spec", "best", "metrics", "predictions")
+            link(key, links.get(key))
+            for key in ("spec", "bench_spec", "steps", "best", "metrics", "predictions")
         ]
+        where = f" — run directory `{arm['store_run_dir']}`" if arm.get("store_run_dir") else ""
         out.append(
-            f"- **{arm['arm']}** (`{arm.get('experiment')}`): " + " · ".join(p for p in parts if "](" in p)
+            f"- **{arm['arm']}** (`{arm.get('experiment')}`): "
+            + " · ".join(p for p in parts if "](" in p)
+            + where
         )
     out.append("")
     return "\n".join(out)

@@ -33,12 +33,14 @@ if str(REPO) not in sys.path:  # `python bench/quality/run.py` as well as `-m be
     sys.path.insert(0, str(REPO))
 
 from bench.quality import baselines as bl  # noqa: E402
+from bench.quality.evidence import rationale_samples, snapshot_arm  # noqa: E402
 from bench.quality.report import render_results  # noqa: E402
 from bench.quality.stats import bootstrap_intervals  # noqa: E402
 from coe_runtime.errors import ConfigError, DataError  # noqa: E402
 
 BENCH_DIR = REPO / "bench" / "quality"
 RESULTS = BENCH_DIR / "RESULTS.md"
+SNAPSHOT_DIR = "runs"  # evidence copied beside RESULTS.md: runs/<dataset>/<arm>/
 DATASETS = ("meld", "emorynlp")
 # Run order and table order; the clue arm runs before the other clue users (cache writer first).
 ARM_ORDER = ("erc-only", "clues", "steer", "full-curriculum", "mixed-auxiliary")
@@ -198,8 +200,9 @@ def count_answer_tokens(texts: Sequence[str], model_ref: Any) -> int:
     return sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
 
-def collect_arm(arm: Arm, results_dir: Path) -> dict[str, Any]:
-    """Everything RESULTS.md shows about one arm, read from the store."""
+def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -> dict[str, Any]:
+    """Everything RESULTS.md shows about one arm, read from the store; with ``snapshot_dir`` the
+    files behind the numbers are copied to ``snapshot_dir/<arm>/`` and the links point there."""
     from coe_controller.local import experiment_status, runs_prefix
     from coe_controller.planner import experiment_prefix, observe_rounds, plan
 
@@ -234,6 +237,12 @@ def collect_arm(arm: Arm, results_dir: Path) -> dict[str, Any]:
             r = _read(store, join(s.output, f"round-{s.round}.json")) or {}
             tokens_generated += int(r.get("tokens_generated") or 0)
             rounds.append(r)
+            gens = join(s.output, "generations.jsonl")
+            if store.exists(gens):
+                out["rationale_samples"] = {
+                    "round": s.round,
+                    "samples": rationale_samples(store.read_jsonl(gens)),
+                }
         elif s.kind == "clues":
             c = _read(store, join(s.output, "clues-summary.json")) or {}
             tokens_generated += int(c.get("tokens_generated") or 0)
@@ -292,6 +301,12 @@ def collect_arm(arm: Arm, results_dir: Path) -> dict[str, Any]:
         links["metrics"] = _rel(join(test.output, "metrics.json"), results_dir)
         links["predictions"] = _rel(join(test.output, "predictions.jsonl"), results_dir)
     out["tokens_generated"] = tokens_generated
+    out["store_run_dir"] = experiment_prefix(spec)
+    if snapshot_dir is not None and any(r["state"] == "succeeded" for r in rows.values()):
+        dest = snapshot_dir / arm.name
+        copied = snapshot_arm(store, dest, join(runs_prefix(spec), "spec.yaml"), steps, status["steps"])
+        links.update({k: os.path.relpath(dest / name, results_dir) for k, name in copied.items()})
+        links["run_dir"] = os.path.relpath(dest, results_dir)
     out["links"] = links
     return out
 
@@ -427,8 +442,10 @@ def build_section(
     results_dir: Path,
     baseline_train: str = "full",
     baseline_cache: str | None = None,
+    snapshot_dir: Path | None = None,
 ) -> dict[str, Any]:
-    collected = [collect_arm(a, results_dir) for a in arms]
+    arm_dir = snapshot_dir / dataset if snapshot_dir is not None else None
+    collected = [collect_arm(a, results_dir, arm_dir) for a in arms]
     test_uids, source_arm = test_utterances(arms)
     note = None
     ids = [tuple(c["test_ids"]) for c in collected if c.get("test_ids")]
@@ -512,9 +529,10 @@ def refresh_results(
     command: str,
     baseline_train: str = "full",
     baseline_cache: str | None = None,
+    snapshot_dir: Path | None = None,
 ) -> Path:
     sections = [
-        build_section(ds, arms, results.parent, baseline_train, baseline_cache)
+        build_section(ds, arms, results.parent, baseline_train, baseline_cache, snapshot_dir)
         for ds, arms in datasets.items()
         if arms
     ]
@@ -557,6 +575,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report-only", action="store_true", help="run nothing; rewrite RESULTS.md from the store"
     )
     p.add_argument(
+        "--snapshot",
+        type=Path,
+        default=None,
+        help="copy each arm's evidence (spec, step times, dev/test metrics, predictions, STEeR rounds) to "
+        "DIR/<dataset>/<arm>/ and link RESULTS.md there (default: runs/ beside RESULTS.md)",
+    )
+    p.add_argument("--no-snapshot", action="store_true", help="link RESULTS.md to the store instead")
+    p.add_argument(
         "--baseline-train", choices=["full", "arms"], default="full",
         help="fit the baselines on the full training split (default, as the data README) or the arms' dialogue subset",
     )  # fmt: skip
@@ -580,7 +606,8 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
         baseline_cache = first.spec.spec.store.rstrip("/") + "/quality-baselines"
 
     def refresh() -> None:
-        refresh_results(datasets, args.results, full_command, args.baseline_train, baseline_cache)
+        snapshot = None if args.no_snapshot else (args.snapshot or args.results.parent / SNAPSHOT_DIR)
+        refresh_results(datasets, args.results, full_command, args.baseline_train, baseline_cache, snapshot)
         console.print(f"wrote {args.results}")
 
     if not args.report_only:

@@ -90,8 +90,18 @@ def test_bench_runner_tiny_end_to_end_is_resumable(tmp_path, tiny_specs, data_di
         assert ci["low"] <= ci["point"] <= ci["high"]
         assert arm["test"]["n"] == section["test_n"]
         # each number is traceable: the linked files exist
-        for key in ("spec", "best", "metrics", "predictions"):
-            assert (results.parent / arm["links"][key]).is_file(), (key, arm["links"][key])
+        # each number is traceable: the linked files exist, copied beside RESULTS.md
+        snap = results.parent / "runs" / "meld" / arm["arm"]
+        for key in ("spec", "steps", "best", "metrics", "predictions"):
+            linked = (results.parent / arm["links"][key]).resolve()
+            assert linked.is_file() and linked.parent == snap.resolve(), (key, arm["links"][key])
+        preds = [json.loads(line) for line in (snap / "predictions.jsonl").read_text().splitlines()]
+        assert len(preds) == arm["test"]["n"]
+        # no dataset text enters the evidence: ids, the model's answer and labels only
+        assert all(set(p) <= {"id", "output", "parsed_label", "gold", "parse_method"} for p in preds)
+        steps = json.loads((snap / "steps.json").read_text())
+        assert [s["state"] for s in steps] == ["succeeded"] * len(steps)
+        assert "](runs/meld/" + arm["arm"] in text
     assert arms["clues"]["clues"]["generated"] > 0
     assert {b["key"] for b in section["baselines"]} == {"majority", "tfidf_lr"}
     # the clue cache was moved into the replaced store

@@ -1,0 +1,88 @@
+"""What the quality runner copies into the repository, and how rationale samples are quoted."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from bench.quality.evidence import (
+    evidence_files,
+    rationale_samples,
+    redact_sample,
+    slim_prediction,
+    snapshot_arm,
+)
+from coe_runtime.store import get_store
+
+
+def test_evidence_files_picks_the_metrics_not_the_adapter():
+    names = ["MANIFEST.json", "adapter/adapter_config.json", "best.json", "dev-metrics-epoch-1.json",
+             "dev-metrics-epoch-2.json", "resolved-config.json", "train-log.jsonl"]  # fmt: skip
+    assert evidence_files("train", names) == [
+        "best.json",
+        "dev-metrics-epoch-1.json",
+        "dev-metrics-epoch-2.json",
+    ]
+    assert evidence_files("generate", ["metrics.json", "metrics.txt", "predictions.jsonl"]) == [
+        "metrics.json",
+        "predictions.jsonl",
+    ]
+    assert evidence_files("steer_round", ["round-2.json", "generations.jsonl", "memory-r2.jsonl"]) == [
+        "round-2.json"
+    ]
+    assert evidence_files("prepare", ["erc-train.jsonl", "summary.json"]) == []
+
+
+def test_slim_prediction_drops_everything_but_ids_answer_and_labels():
+    row = {"id": "erc:x", "output": "<joy>", "parsed_label": "joy", "gold": "joy", "parse_method": "tag",
+           "prompt": "Monica: dataset text"}  # fmt: skip
+    assert slim_prediction(row) == {
+        k: row[k] for k in ("id", "output", "parsed_label", "gold", "parse_method")
+    }
+
+
+def test_redact_sample_blanks_quotes_and_cuts_on_a_word():
+    text = 'Ross says "I cannot believe you did that to me" so he is <angry>'
+    assert redact_sample(text) == "Ross says “…” so he is <angry>"
+    long = "word " * 100
+    cut = redact_sample(long, limit=40)
+    assert len(cut) <= 42 and cut.endswith(" …") and "wor …" not in cut
+    assert redact_sample("a | b") == "a \\| b"  # a table cell stays one cell
+
+
+def test_rationale_samples_takes_accepted_then_rejected_in_id_order():
+    recs = [{"id": f"e{i}", "gold": "joy", "parsed": "joy", "accepted": i % 2 == 0, "via": "direct",
+             "text": f"text {i}"} for i in range(9)]  # fmt: skip
+    got = rationale_samples(list(reversed(recs)), accepted=2, rejected=1)
+    assert [(s["id"], s["accepted"]) for s in got] == [("e0", True), ("e2", True), ("e1", False)]
+
+
+def test_snapshot_arm_copies_published_steps_only_and_replaces_the_folder(tmp_path):
+    root = f"file://{tmp_path / 'store'}/x"
+    store = get_store(root)
+    store.write_bytes(f"{root}/_runs/spec.yaml", b"kind: CoEExperiment\n")
+    store.write_json(f"{root}/erc/best.json", {"epoch": 1, "weighted_f1": 40.0})
+    store.write_json(f"{root}/erc/dev-metrics-epoch-1.json", {"weighted_f1": 40.0})
+    store.write_bytes(f"{root}/erc/adapter/adapter_model.safetensors", b"\0" * 8)
+    store.write_jsonl(f"{root}/test/predictions.jsonl", [{"id": "a", "output": "<joy>", "parsed_label": "joy",
+                      "gold": "joy", "parse_method": "tag", "prompt": "dataset text"}])  # fmt: skip
+    store.write_json(f"{root}/test/metrics.json", {"weighted_f1": 41.0})
+    steps = [SimpleNamespace(name="erc", kind="train", output=f"{root}/erc"),
+             SimpleNamespace(name="test", kind="generate", output=f"{root}/test")]  # fmt: skip
+    rows = [{"name": "erc", "kind": "train", "state": "succeeded", "attempts": 1, "duration_s": 9.5},
+            {"name": "test", "kind": "generate", "state": "interrupted", "attempts": 1}]  # fmt: skip
+    dest = tmp_path / "runs" / "meld" / "arm"
+    dest.mkdir(parents=True)
+    (dest / "stale.json").write_text("{}")
+    links = snapshot_arm(store, dest, f"{root}/_runs/spec.yaml", steps, rows)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "erc-best.json", "erc-dev-metrics-epoch-1.json", "spec.yaml", "steps.json"]  # fmt: skip
+    assert links == {"spec": "spec.yaml", "steps": "steps.json", "best": "erc-best.json"}
+    assert json.loads((dest / "steps.json").read_text())[1]["state"] == "interrupted"
+
+    rows[1]["state"] = "succeeded"  # the test pass published: its files come too, predictions slimmed
+    links = snapshot_arm(store, dest, f"{root}/_runs/spec.yaml", steps, rows)
+    assert (links["metrics"], links["predictions"]) == ("metrics.json", "predictions.jsonl")
+    (pred,) = [json.loads(line) for line in (dest / links["predictions"]).read_text().splitlines()]
+    assert "prompt" not in pred and pred["parsed_label"] == "joy"
+    assert not (tmp_path / "runs" / "meld" / "arm.tmp").exists()
