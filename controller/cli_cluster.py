@@ -187,7 +187,9 @@ def _metrics_text(metrics: dict) -> str:
 
 
 def failing_logs(kube: Kube, namespace: str, status: dict, lines: int = 20) -> dict[str, str]:
-    """The last log lines of the pods of every failed or retrying step's latest job."""
+    """The last log lines of every failed or retrying step's latest job, from the pod whose failure
+    ended it (in a multi-node job the others were only stopped after it)."""
+    from coe_controller.reconcile import failing_pod
     from coe_controller.render import LABEL_JOB
 
     out: dict[str, str] = {}
@@ -195,9 +197,10 @@ def failing_logs(kube: Kube, namespace: str, status: dict, lines: int = 20) -> d
         if step.get("state") not in ("Failed", "Backoff") or not step.get("jobName"):
             continue
         try:
-            pods = kube.list_pods(namespace, f"{LABEL_JOB}={step['jobName']}")
-            for pod in pods[:1]:
-                out[step["name"]] = kube.read_pod_log(namespace, pod["metadata"]["name"], tail_lines=lines)
+            pod = failing_pod(kube.list_pods(namespace, f"{LABEL_JOB}={step['jobName']}"))
+            if pod is not None:
+                name = pod["metadata"]["name"]
+                out[step["name"]] = f"(pod {name})\n" + kube.read_pod_log(namespace, name, tail_lines=lines)
         except KubeError as e:
             out[step["name"]] = f"(logs unavailable: {e})"
     return out

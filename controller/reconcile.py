@@ -77,15 +77,12 @@ def is_permanent_exit(code: int) -> bool:
     return 1 <= code <= 127
 
 
-def failed_exit_code(pods: list[dict], container: str = render.CONTAINER_NAME) -> int | None:
-    """The exit code that ended a failed job, from its pods (as the API returns them), or None.
-
-    Of the pods whose ``container`` terminated with a non-zero code (its current state, else its last
-    one), the one that finished first: when one pod fails, its peers are stopped after it, and their
-    codes describe that, not the cause. Ties go to the Master.
-    """
+def _first_failure(pods: list[dict], container: str) -> tuple[dict, int] | None:
+    """(pod, exit code) of the pod whose ``container`` terminated first with a non-zero code (its
+    current state, else its last one): when one pod fails, its peers are stopped after it, and their
+    codes describe that, not the cause. Ties go to the Master."""
     ended = []
-    for pod in pods:
+    for pos, pod in enumerate(pods):
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         for cs in statuses:
             if cs.get("name") != container:
@@ -95,9 +92,24 @@ def failed_exit_code(pods: list[dict], container: str = render.CONTAINER_NAME) -
                 if term and term.get("exitCode"):
                     labels = (pod.get("metadata") or {}).get("labels") or {}
                     is_master = labels.get("training.kubeflow.org/replica-type", "").lower() == "master"
-                    ended.append((term.get("finishedAt") or "~", not is_master, int(term["exitCode"])))
+                    ended.append((term.get("finishedAt") or "~", not is_master, pos, int(term["exitCode"])))
                     break
-    return min(ended)[2] if ended else None
+    if not ended:
+        return None
+    *_, pos, code = min(ended)
+    return pods[pos], code
+
+
+def failed_exit_code(pods: list[dict], container: str = render.CONTAINER_NAME) -> int | None:
+    """The exit code that ended a failed job, from its pods (as the API returns them), or None."""
+    found = _first_failure(pods, container)
+    return found[1] if found else None
+
+
+def failing_pod(pods: list[dict], container: str = render.CONTAINER_NAME) -> dict | None:
+    """The pod whose failure ended the job (see :func:`failed_exit_code`); else the first pod, or None."""
+    found = _first_failure(pods, container)
+    return found[0] if found else (pods[0] if pods else None)
 
 
 @dataclass(frozen=True)

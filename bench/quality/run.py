@@ -420,6 +420,9 @@ def settings_lines(arm: Arm) -> list[str]:
     s = arm.spec.spec
     d = s.dataset
     t = s.training
+    erc_selection = (
+        "best epoch on dev" if t.erc.epochs > 1 else "one epoch: dev is reported, there is no epoch to choose"
+    )
     lines = [
         f"Base model `{s.base_model.name_or_path}`; LoRA r={s.lora.r}, alpha={s.lora.alpha} on "
         f"{', '.join(s.lora.target_modules)}; lr {s.optimizer.learning_rate:g}, effective batch "
@@ -428,7 +431,7 @@ def settings_lines(arm: Arm) -> list[str]:
         f"{d.max_train_examples or 'all'} training examples per task (stratified), dev "
         f"{d.max_dev_examples or 'all'}, test {d.max_test_examples or 'all'}; history window {d.history_window}, "
         f"max length {d.max_length} tokens.",
-        f"Epochs: ERC {t.erc.epochs:g} (best epoch on dev), role-play {t.roleplay.epochs:g}, speaker-ID "
+        f"Epochs: ERC {t.erc.epochs:g} ({erc_selection}), role-play {t.roleplay.epochs:g}, speaker-ID "
         f"{t.speaker_id.epochs:g}, STEeR {t.steer.epochs:g} per round, mixed {t.mixed.epochs:g}; STEeR up to "
         f"{s.steer.rounds} rounds, pool {s.steer.max_pool or 'all'}, rationale ≤ {s.steer.rationale_max_new_tokens} tokens.",
         "Budget arithmetic and what was cut versus the paper: [README.md](README.md).",

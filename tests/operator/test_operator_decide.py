@@ -303,3 +303,26 @@ def test_failed_exit_code_is_the_first_pod_to_fail():
     }
     assert failed_exit_code([_pod(0, "2030-01-01T00:00:05Z"), sidecar, {"status": {}}]) is None
     assert [c for c in (0, 1, 2, 127, 128, 143, 175, 255) if is_permanent_exit(c)] == [1, 2, 127]
+
+
+def test_status_shows_the_log_of_the_pod_whose_failure_ended_the_job():
+    """coe-ctl status reads the log of the first pod to fail, not the first pod listed."""
+    from coe_controller.cli_cluster import failing_logs
+    from coe_controller.reconcile import failing_pod
+
+    master = _pod(143, "2030-01-01T00:00:09Z")
+    worker = _pod(2, "2030-01-01T00:00:05Z", "worker")
+    master["metadata"]["name"], worker["metadata"]["name"] = "erc-master-0", "erc-worker-0"
+    assert failing_pod([master, worker]) is worker
+    running = {"metadata": {"name": "p"}, "status": {}}
+    assert failing_pod([running]) is running and failing_pod([]) is None
+
+    class Pods:
+        def list_pods(self, ns, selector):
+            return [master, worker]
+
+        def read_pod_log(self, ns, name, tail_lines):
+            return f"log of {name}"
+
+    status = {"steps": [{"name": "erc", "state": "Failed", "jobName": "x-erc-1"}, {"name": "test"}]}
+    assert failing_logs(Pods(), "ns", status) == {"erc": "(pod erc-worker-0)\nlog of erc-worker-0"}
