@@ -49,12 +49,20 @@ def evaluate_examples(
     settings: GenerationSettings,
     with_metrics: bool = True,
     source: str = "examples",
+    progress_step: str | None = None,
+    progress_phase: str = "generate",
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Predictions ``{id, output, parsed_label, gold, parse_method}`` in the order of ``examples``,
-    and the metrics (None when ``with_metrics`` is off or no example has a gold label)."""
+    and the metrics (None when ``with_metrics`` is off or no example has a gold label). With
+    ``progress_step``, progress events (done/total/ETA) are reported while generating."""
     from coe_runtime.metrics import compute_metrics
 
-    outputs = generator.generate([ex.prompt for ex in examples], settings)
+    prompts = [ex.prompt for ex in examples]
+    if progress_step:
+        on_progress = progress.throttled(progress_step, progress_phase)
+        outputs = generator.generate(prompts, settings, on_progress=on_progress)
+    else:
+        outputs = generator.generate(prompts, settings)
     predictions = []
     for ex, out in zip(examples, outputs, strict=True):
         parsed = parse_answer(out.text, label_set)
@@ -108,6 +116,7 @@ def run_generate(step: GenerateStep) -> dict:
         step.generation,
         with_metrics=step.with_metrics,
         source=step.input_file,
+        progress_step=step.name,
     )
     seconds = time.perf_counter() - start
     summary = {"examples": len(examples), "seconds": round(seconds, 3)}

@@ -14,7 +14,7 @@ the global gold list).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,13 +166,18 @@ class Generator:
         return None if limit is None else max(1, limit - settings.max_new_tokens)
 
     def generate(
-        self, prompts: Sequence[str], settings: GenerationSettings, shard: bool = True
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        shard: bool = True,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> list[GenOutput]:
         """Outputs in the order of ``prompts``. With ``shard`` under torch.distributed, each rank
-        does its share and all ranks get every output."""
+        does its share and all ranks get every output. ``on_progress(done, total)`` is called after
+        every batch with this rank's counts."""
         rank, world = dist_info() if shard else (0, 1)
         mine = list(range(rank, len(prompts), world))
-        local = self._generate_local([prompts[i] for i in mine], settings)
+        local = self._generate_local([prompts[i] for i in mine], settings, on_progress)
         if world == 1:
             return local
         import torch.distributed as dist
@@ -190,7 +195,12 @@ class Generator:
             raise RuntimeError(f"generation shards missed prompts {missing[:10]}")
         return out  # type: ignore[return-value]
 
-    def _generate_local(self, prompts: Sequence[str], settings: GenerationSettings) -> list[GenOutput]:
+    def _generate_local(
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[GenOutput]:
         import torch
 
         budget = self._prompt_budget(settings)
@@ -201,6 +211,7 @@ class Generator:
             rng = torch.Generator(device=self.device).manual_seed(self.seed)
         was_training = self.model.training
         self.model.eval()
+        done = 0
         try:
             with torch.inference_mode():
                 for batch in length_sorted_batches([len(e) for e in encoded], settings.batch_size):
@@ -209,6 +220,9 @@ class Generator:
                     ):
                         text = self.tokenizer.decode(new, skip_special_tokens=True)
                         results[i] = GenOutput(text, len(encoded[i]), len(new))
+                    done += len(batch)
+                    if on_progress is not None:
+                        on_progress(done, len(prompts))
         finally:
             self.model.train(was_training)
         return results  # type: ignore[return-value]

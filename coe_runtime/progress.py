@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 PREFIX = "COE_PROGRESS "
@@ -36,3 +38,21 @@ def parse(line: str) -> dict[str, Any] | None:
         return json.loads(line[len(PREFIX) :])
     except json.JSONDecodeError:
         return None
+
+
+def throttled(step: str, phase: str, every_s: float = 10.0) -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback for long loops (a generation pass): reports at most once per
+    ``every_s`` seconds, and always at the end, with an ETA from the rate so far."""
+    start = time.monotonic()
+    last = [start]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        rate = done / max(now - start, 1e-9)
+        eta = (total - done) / rate if rate > 0 else None
+        report(step=step, phase=phase, done=done, total=total, eta_s=None if eta is None else round(eta, 1))
+
+    return update

@@ -527,6 +527,8 @@ class _DevEvaluator:
                 self.label_set,
                 self.step.generation,
                 source=str(self.step.eval_file),
+                progress_step=self.step.name,
+                progress_phase="eval",
             )
             rank, _ = dist_info()
             if rank == 0 and metrics is not None:

@@ -55,6 +55,29 @@ def test_batched_generation_equals_one_at_a_time_in_original_order(base_generato
     ]
 
 
+def test_generation_reports_progress_per_batch(base_generator, monkeypatch, capsys):
+    prompts = [ex.prompt for ex in synthetic_examples(7, seed=5)]
+    seen: list[tuple[int, int]] = []
+    base_generator.generate(
+        prompts,
+        GenerationSettings(max_new_tokens=2, batch_size=3),
+        on_progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+
+    # the step's reporter: throttled (first batches fall inside the interval), the end always reported
+    from coe_runtime import progress
+
+    clock = iter([0.0, 1.0, 2.0, 30.0, 31.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    update = progress.throttled("test", "generate", every_s=10)
+    for done in (1, 2, 3, 4):
+        update(done, 4)
+    events = [progress.parse(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["done"], e["total"]) for e in events] == [(3, 4), (4, 4)]
+    assert events[0]["eta_s"] == 10.0 and events[1]["eta_s"] == 0.0
+
+
 def test_sampling_is_reproducible_and_differs_from_greedy(base_generator):
     prompts = [ex.prompt for ex in synthetic_examples(4, seed=4)]
     sample = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.9)
