@@ -55,6 +55,15 @@ def test_batched_generation_equals_one_at_a_time_in_original_order(base_generato
     ]
 
 
+def test_prefill_projects_only_the_last_position_and_changes_no_output(base_generator, monkeypatch):
+    assert base_generator._last_logits_kwargs() == {"logits_to_keep": 1}
+    prompts = [ex.prompt for ex in synthetic_examples(6, seed=6)]
+    settings = GenerationSettings(max_new_tokens=6, batch_size=3)
+    fast = base_generator.generate(prompts, settings)
+    monkeypatch.setattr(base_generator, "_last_logits_kwargs", lambda: {})
+    assert base_generator.generate(prompts, settings) == fast
+
+
 def test_generation_reports_progress_per_batch(base_generator, monkeypatch, capsys):
     prompts = [ex.prompt for ex in synthetic_examples(7, seed=5)]
     seen: list[tuple[int, int]] = []
