@@ -13,6 +13,7 @@ the global gold list).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,24 +228,25 @@ class Generator:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
 
-    def _cache_kwarg(self) -> str:
-        """The forward() argument that takes the KV cache: ``cache`` in newer transformers v5
-        releases (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    @functools.cached_property
+    def _forward_params(self) -> frozenset[str]:
+        """The base model's forward() parameter names (looked up once, not per batch)."""
         import inspect
 
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        return frozenset(inspect.signature(base.forward).parameters)
+
+    def _cache_kwarg(self) -> str:
+        """The forward() argument that takes the KV cache: ``cache`` in newer transformers v5
+        releases (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+        return "cache" if "cache" in self._forward_params else "past_key_values"
 
     def _last_logits_kwargs(self) -> dict[str, int]:
         """Ask the model for the last position's logits only, where it can: the prefill would
         otherwise project every prompt position onto the vocabulary — for a small model about a
         fifth of the prefill's work and a batch x length x vocabulary tensor (~0.5 GB at batch 16)."""
-        import inspect
-
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        params = inspect.signature(base.forward).parameters
         for name in ("logits_to_keep", "num_logits_to_keep"):
-            if name in params:
+            if name in self._forward_params:
                 return {name: 1}
         return {}
 

@@ -19,6 +19,7 @@ and with quoted spans blanked, so no dataset line is reproduced.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -38,17 +39,10 @@ SAMPLE_CHARS = 220
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{12,}'")
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if "*" not in pattern:
-        return name == pattern
-    head, tail = pattern.split("*", 1)
-    return name.startswith(head) and name.endswith(tail)
-
-
 def evidence_files(step_kind: str, names: Iterable[str]) -> list[str]:
     """The file names (of one published step's output folder) that are evidence for RESULTS.md."""
     patterns = STEP_FILES.get(step_kind, ())
-    return sorted(n for n in names if "/" not in n and any(_matches(n, p) for p in patterns))
+    return sorted(n for n in names if "/" not in n and any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
 
 def slim_prediction(row: Mapping[str, Any]) -> dict[str, Any]:

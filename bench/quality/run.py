@@ -227,6 +227,7 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
     tokens_trained = 0
     tokens_generated = 0
     rounds = []
+    last_round = None
     for s in steps:
         if rows.get(s.name, {}).get("state") != "succeeded":
             continue
@@ -237,12 +238,7 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
             r = _read(store, join(s.output, f"round-{s.round}.json")) or {}
             tokens_generated += int(r.get("tokens_generated") or 0)
             rounds.append(r)
-            gens = join(s.output, "generations.jsonl")
-            if store.exists(gens):
-                out["rationale_samples"] = {
-                    "round": s.round,
-                    "samples": rationale_samples(store.read_jsonl(gens)),
-                }
+            last_round = s
         elif s.kind == "clues":
             c = _read(store, join(s.output, "clues-summary.json")) or {}
             tokens_generated += int(c.get("tokens_generated") or 0)
@@ -257,6 +253,13 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
                     "tokens_generated",
                     "seconds",
                 )
+            }
+    if last_round is not None:  # samples of the last published round only
+        gens = join(last_round.output, "generations.jsonl")
+        if store.exists(gens):
+            out["rationale_samples"] = {
+                "round": last_round.round,
+                "samples": rationale_samples(store.read_jsonl(gens)),
             }
     out["tokens_trained"] = tokens_trained
     out["steer_rounds"] = rounds

@@ -10,6 +10,7 @@ from coe_controller.spec import parse_spec
 
 from coe_runtime.step import parse_step
 from coe_runtime.store import FileStore, join
+from tests.local.local_support import QUICKSTART_STEPS
 
 STORE = "s3://bucket/runs"
 
@@ -24,17 +25,7 @@ def _spec(**spec):
 
 ALL_CONTINUE = {1: {"continue": True}, 2: {"continue": True}}
 EXPECTED = {
-    "full_curriculum": [
-        "prepare",
-        "roleplay",
-        "speaker-id",
-        "steer-r1-train",
-        "steer-r1",
-        "steer-r2-train",
-        "steer-r2",
-        "erc",
-        "test",
-    ],
+    "full_curriculum": QUICKSTART_STEPS,
     "steer_only": ["prepare", "steer-r1-train", "steer-r1", "steer-r2-train", "steer-r2", "erc", "test"],
     "auxiliary_only": ["prepare", "roleplay", "speaker-id", "erc", "test"],
     "mixed_auxiliary": [

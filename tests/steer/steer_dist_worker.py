@@ -25,7 +25,7 @@ class ScriptedShardedGenerator(Generator):
     def __init__(self) -> None:  # no model: _generate_local is scripted
         self.calls: list[int] = []
 
-    def _generate_local(self, prompts, settings):
+    def _generate_local(self, prompts, settings, on_progress=None):
         self.calls.append(len(prompts))
         out = []
         for p in prompts:
