@@ -21,6 +21,7 @@ from coe_controller.planner import plan
 from coe_controller.spec import load_spec
 
 from tests.local.local_support import QUICKSTART_STEPS
+from tests.support.pythonpath import child_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_STEPS = QUICKSTART_STEPS
@@ -31,7 +32,7 @@ def fake_env(tmp_path, monkeypatch):
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("COE_RUNTIME_MODULE", "tests.local.fake_runtime")
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", child_pythonpath())
     monkeypatch.setenv("FAKE_MARK_DIR", str(marks))
     monkeypatch.delenv("FAKE_SLEEP", raising=False)
     monkeypatch.delenv("FAKE_FAIL", raising=False)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tests.support.kmock_api import KubeAPI, free_port
+from tests.support.pythonpath import child_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,7 +151,7 @@ class TrainingOperator:
                     (mounts[m["mountPath"]] / item["path"]).write_text(sub(cm["data"][item["key"]]))
         env = {
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": child_pythonpath(),
             "OMP_NUM_THREADS": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
@@ -252,7 +253,7 @@ class ControllerProcess:
 
     def __init__(self, kubeconfig: Path, namespace: str, env: dict | None = None, log: Path | None = None):
         self.kubeconfig, self.namespace = kubeconfig, namespace
-        self.env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+        self.env = {**os.environ, **(env or {}), "PYTHONPATH": child_pythonpath()}
         self.log = log
         self.proc: subprocess.Popen | None = None
         self.starts = 0

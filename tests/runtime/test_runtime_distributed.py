@@ -17,6 +17,7 @@ from coe_runtime.generate import Generator
 from coe_runtime.models import attach_adapter, load_model, load_tokenizer
 from coe_runtime.step import GenerationSettings, ModelRef
 from tests.runtime.conftest import train_config
+from tests.support.pythonpath import child_pythonpath
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def _torchrun(kind: str, cfg: dict, tmp_path: Path) -> subprocess.CompletedProce
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
         "-m", "coe_runtime", kind, "--config", str(path),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": child_pythonpath()}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -15,6 +15,7 @@ import pytest
 from coe_runtime.data import read_examples
 from coe_runtime.steer import run_steer_round
 from tests.steer.steer_dist_worker import N_POOL, ScriptedShardedGenerator, make_step
+from tests.support.pythonpath import child_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ def test_two_processes_accept_what_one_process_accepts(tmp_path):
     assert 0 < one["accepted"] < N_POOL and one["rationalized"] > 0 and one["capped"] > 0  # a test with teeth
 
     multi = tmp_path / "multi"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": child_pythonpath()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(REPO / "tests" / "steer" / "steer_dist_worker.py"), str(multi)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
