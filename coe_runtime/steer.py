@@ -215,6 +215,36 @@ def accept(
     return RoundResult(accepted, remaining, records, per_class, counts)
 
 
+def rationale_budget_warning(target_lengths: Sequence[int], max_new_tokens: int) -> str | None:
+    """A warning when the memory's rationales (the seeds the model was just trained to imitate)
+    are longer than the generation limit: a rationale written like them is cut off before its
+    answer tag, and an untagged rationale is never accepted. A warning, not an error: a model may
+    well write shorter ones (and the quick start keeps the limit short on purpose)."""
+    if not target_lengths:
+        return None
+    lengths = sorted(target_lengths)
+    median = lengths[len(lengths) // 2]
+    if median <= max_new_tokens:
+        return None
+    return (
+        f"steer.rationaleMaxNewTokens is {max_new_tokens}, but the STEeR memory's rationales are "
+        f"{lengths[0]}-{lengths[-1]} tokens long (median {median}) with this model's tokenizer: a "
+        "rationale written like them is cut off before its answer tag and cannot be accepted "
+        f"(raise steer.rationaleMaxNewTokens to at least {lengths[-1]} if rounds accept nothing)."
+    )
+
+
+def cut_at_limit(
+    texts: Sequence[str], new_tokens: Sequence[int], max_new_tokens: int, label_set: LabelSet
+) -> int:
+    """How many generations stopped at the token limit without reaching an answer tag."""
+    return sum(
+        1
+        for text, n in zip(texts, new_tokens, strict=True)
+        if n >= max_new_tokens and extract_rationale(text, label_set) is None
+    )
+
+
 def needs_hint(example: Example, text: str, label_set: LabelSet) -> bool:
     """Whether an example goes to rationalization: its own answer would not be accepted."""
     gold = example.meta["label"]
@@ -243,6 +273,7 @@ def round_report(
     label_set: LabelSet,
     tokens_generated: int = 0,
     seconds: float = 0.0,
+    cut_at_limit: int = 0,
 ) -> dict[str, Any]:
     """The figures saved as ``round-N.json``."""
     n = result.counts["pool_size"]
@@ -258,6 +289,7 @@ def round_report(
         "rationalized": result.counts["rationalized"],
         "hint_attempts": result.counts["hint_attempts"],
         "capped": result.counts["capped"],
+        "cut_at_limit": cut_at_limit,
         "per_class": result.per_class,
         "memory_before": memory_size,
         "memory_size": memory_size + len(result.accepted),
@@ -281,6 +313,7 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
         "acc. on pool",
         "rationalized",
         "capped",
+        "cut",
         "memory",
         "tokens",
         "time",
@@ -296,6 +329,7 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
             f"{100 * r['accuracy']:.1f}%",
             str(r["rationalized"]),
             str(r["capped"]),
+            str(r.get("cut_at_limit", "-")),
             str(r["memory_size"]),
             str(r["tokens_generated"]),
             f"{r['seconds']:.1f}s",
@@ -345,13 +379,16 @@ def _load_examples(uri: str, label_set: LabelSet, what: str) -> list[Example]:
     return examples
 
 
-def _generate(generator: Any, prompts: list[str], settings: GenerationSettings) -> tuple[list[str], int]:
+def _generate(
+    generator: Any, prompts: list[str], settings: GenerationSettings
+) -> tuple[list[str], list[int]]:
+    """The texts and the new-token count of each."""
     if not prompts:
-        return [], 0
+        return [], []
     outputs = generator.generate(prompts, settings)
     if len(outputs) != len(prompts):
         raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(prompts)} prompts")
-    return [o.text for o in outputs], sum(int(o.n_new_tokens) for o in outputs)
+    return [o.text for o in outputs], [int(o.n_new_tokens) for o in outputs]
 
 
 def round_settings(step: SteerRoundStep) -> GenerationSettings:
@@ -415,6 +452,15 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     pool = _load_examples(step.pool, label_set, "pool")
     generator = generator if generator is not None else _make_generator(step, label_set)
     settings = round_settings(step)
+    tokenizer = getattr(generator, "tokenizer", None)
+    warnings: list[str] = []
+    if tokenizer is not None:
+        lengths = [
+            len(tokenizer(ex.target, add_special_tokens=False)["input_ids"]) for ex in memory if ex.target
+        ]
+        if warning := rationale_budget_warning(lengths, settings.max_new_tokens):
+            warnings.append(warning)
+            report(step=step.name, phase="steer", message=f"warning: {warning}")
     started = time.monotonic()
 
     report(
@@ -422,7 +468,9 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         phase="steer",
         message=f"round {n}: generating rationales for {len(pool)} pool examples",
     )
-    texts, tokens = _generate(generator, [ex.prompt for ex in pool], settings)
+    texts, new_tokens = _generate(generator, [ex.prompt for ex in pool], settings)
+    tokens = sum(new_tokens)
+    cut = cut_at_limit(texts, new_tokens, settings.max_new_tokens, label_set)
     hint_texts: dict[str, str] = {}
     if step.steer.rationalization:
         # Every rank holds every output (the generator gathers them), so every rank picks the
@@ -432,12 +480,15 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         hinted, hint_tokens = _generate(
             generator, [hint_prompt(ex.prompt, ex.meta["label"], label_set) for ex in retry], settings
         )
-        tokens += hint_tokens
+        tokens += sum(hint_tokens)
         hint_texts = {ex.id: text for ex, text in zip(retry, hinted, strict=True)}
 
     result = accept(pool, texts, label_set, step.steer, round_no=n, hint_generations=hint_texts)
-    summary = round_report(n, result, len(memory), step.steer, label_set, tokens, time.monotonic() - started)
+    summary = round_report(
+        n, result, len(memory), step.steer, label_set, tokens, time.monotonic() - started, cut_at_limit=cut
+    )
     summary["step"] = step.name
+    summary["warnings"] = warnings
     if not is_rank_zero():
         return summary
     with tempfile.TemporaryDirectory(prefix=f"steer-r{n}-") as tmp:

@@ -82,6 +82,7 @@ def _arm(name: str, complete: bool = True) -> dict:
                 "pool_size": 160,
                 "accepted": 40,
                 "accuracy": 0.25,
+                "cut_at_limit": 7,
                 "memory_size": 51,
                 "tokens_generated": 9000,
                 "continue": True,
@@ -122,7 +123,7 @@ def test_bench_report_renders_every_column_and_an_incomplete_arm():
     assert "majority: 31.27 here vs 31.27 there" in text
     assert "70.11" in text and "not comparable" in text  # the papers' figures, labelled
     assert "### STEeR rounds" in text  # finished rounds of an unfinished arm are shown too
-    assert "| erc-only | 1 | 160 | 40 | 25.00 | 51 | 9,000 | continue |" in text
+    assert "| erc-only | 1 | 160 | 40 | 25.00 | 7 | 51 | 9,000 | continue |" in text
 
 
 def test_bench_report_formats_durations():

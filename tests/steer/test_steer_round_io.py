@@ -9,8 +9,9 @@ import pytest
 
 from coe_runtime.data import Example, read_examples, write_examples
 from coe_runtime.errors import DataError
+from coe_runtime.labels import get_label_set
 from coe_runtime.prompts import ANSWER_HEADER
-from coe_runtime.steer import format_rounds_table, run_steer_round
+from coe_runtime.steer import cut_at_limit, format_rounds_table, rationale_budget_warning, run_steer_round
 from coe_runtime.step import LabelSetRef, SteerOptions, SteerRoundStep
 from coe_runtime.store import MANIFEST
 
@@ -165,3 +166,60 @@ def test_rounds_table_lists_every_round():
     console.print(format_rounds_table(rows))
     text = console.export_text()
     assert "30.0%" in text and "stop (few_accepted)" in text and "continue" in text
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word: enough to measure rationale lengths."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": text.split()}
+
+
+def test_a_generation_limit_shorter_than_the_seed_rationales_is_reported(round_inputs, capsys):
+    step, script, tmp_path = round_inputs
+    seeds = [
+        example(f"s{i}", "joy", "She hugs him and laughs at the news, clearly delighted by it. <joy>")
+        for i in range(3)
+    ]
+    write_examples(tmp_path / "in" / "memory-r0.jsonl", seeds)
+    gen = ScriptedGenerator(script)
+    gen.tokenizer = WordTokenizer()
+    short = step.model_copy(update={"generation": step.generation.model_copy(update={"max_new_tokens": 8})})
+    report = run_steer_round(short, generator=gen)
+    (warning,) = report["warnings"]
+    assert (
+        "steer.rationaleMaxNewTokens is 8" in warning and "median 13" in warning and "at least 13" in warning
+    )
+    assert "warning: steer.rationaleMaxNewTokens is 8" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "store" / "exp" / "steer-r1" / "round-1.json").read_text())
+    assert saved["warnings"] == [warning]
+
+
+def test_a_limit_that_fits_the_seed_rationales_warns_nothing(round_inputs):
+    step, script, _ = round_inputs
+    gen = ScriptedGenerator(script)
+    gen.tokenizer = WordTokenizer()  # the fixture's seeds are 3 words long
+    limit = step.generation.model_copy(update={"max_new_tokens": 3})
+    assert run_steer_round(step.model_copy(update={"generation": limit}), generator=gen)["warnings"] == []
+
+
+def test_rationales_cut_at_the_token_limit_are_counted(round_inputs):
+    step, script, _ = round_inputs
+    script = {**script, "p1": "He is going to be very busy and very", "p2": "She smiles. <joy>"}
+    limit = step.generation.model_copy(update={"max_new_tokens": 8})
+    report = run_steer_round(
+        step.model_copy(update={"generation": limit}), generator=ScriptedGenerator(script)
+    )
+    # p1 ran into the 8-token limit with no tag; p2 is short and tagged (wrong, not cut).
+    assert report["cut_at_limit"] == 1
+    cut_column = next(c for c in format_rounds_table([report]).columns if c.header == "cut")
+    assert list(cut_column.cells) == ["1"]
+
+
+def test_budget_check_and_cut_count_are_pure():
+    assert rationale_budget_warning([], 4) is None  # no memory: nothing to compare
+    assert rationale_budget_warning([3, 5, 9], 5) is None  # the median fits
+    assert "median 9" in rationale_budget_warning([3, 9, 12], 8)
+    labels = get_label_set("meld")
+    texts = ["so very long and going on", "short. <joy>", "long but tagged in the end <anger>"]
+    assert cut_at_limit(texts, [6, 2, 6], 6, labels) == 1
