@@ -380,12 +380,14 @@ def _load_examples(uri: str, label_set: LabelSet, what: str) -> list[Example]:
 
 
 def _generate(
-    generator: Any, prompts: list[str], settings: GenerationSettings
+    generator: Any, prompts: list[str], settings: GenerationSettings, progress_step: str = "steer"
 ) -> tuple[list[str], list[int]]:
-    """The texts and the new-token count of each."""
+    """The texts and the new-token count of each (done/total/ETA reported while generating)."""
+    from coe_runtime import progress
+
     if not prompts:
         return [], []
-    outputs = generator.generate(prompts, settings)
+    outputs = generator.generate(prompts, settings, on_progress=progress.throttled(progress_step, "steer"))
     if len(outputs) != len(prompts):
         raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(prompts)} prompts")
     return [o.text for o in outputs], [int(o.n_new_tokens) for o in outputs]
@@ -468,7 +470,7 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         phase="steer",
         message=f"round {n}: generating rationales for {len(pool)} pool examples",
     )
-    texts, new_tokens = _generate(generator, [ex.prompt for ex in pool], settings)
+    texts, new_tokens = _generate(generator, [ex.prompt for ex in pool], settings, step.name)
     tokens = sum(new_tokens)
     cut = cut_at_limit(texts, new_tokens, settings.max_new_tokens, label_set)
     hint_texts: dict[str, str] = {}
@@ -478,7 +480,10 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         retry = [ex for ex, text in zip(pool, texts, strict=True) if needs_hint(ex, text, label_set)]
         report(step=step.name, phase="steer", message=f"round {n}: rationalizing {len(retry)} examples")
         hinted, hint_tokens = _generate(
-            generator, [hint_prompt(ex.prompt, ex.meta["label"], label_set) for ex in retry], settings
+            generator,
+            [hint_prompt(ex.prompt, ex.meta["label"], label_set) for ex in retry],
+            settings,
+            step.name,
         )
         tokens += sum(hint_tokens)
         hint_texts = {ex.id: text for ex, text in zip(retry, hinted, strict=True)}

@@ -196,7 +196,7 @@ class OracleGenerator:
                 f"The clues about {ex.meta['uid']} point this way. <{label_set.to_prompt(label)}>"
             )
 
-    def generate(self, prompts, settings):
+    def generate(self, prompts, settings, on_progress=None):
         return [_Out(self.answers[p], 9) for p in prompts]
 
 

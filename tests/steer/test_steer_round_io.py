@@ -31,7 +31,7 @@ class ScriptedGenerator:
         self.calls: list[list[str]] = []
         self.fail_after = fail_after
 
-    def generate(self, prompts, settings):
+    def generate(self, prompts, settings, on_progress=None):
         assert settings.stop_at_label
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash (preempted pod)")
@@ -41,6 +41,8 @@ class ScriptedGenerator:
             key = p.split("|", 2)[1] + ("+hint" if "Hint:" in p else "")
             text = self.script.get(key, "No idea. <neutral>")
             outs.append(Out(text, len(text.split())))
+        if on_progress is not None:
+            on_progress(len(prompts), len(prompts))
         return outs
 
 
@@ -120,7 +122,9 @@ def test_round_publishes_every_artifact_and_is_never_redone(round_inputs, capsys
     assert len((out_dir / "train4infer.json").read_text().splitlines()) == 1
     assert len((out_dir / "generations.jsonl").read_text().splitlines()) == 5
     assert len(gen.calls) == 2 and len(gen.calls[1]) == 3  # hints only for the three still wrong
-    assert "STEeR rounds" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "STEeR rounds" in printed
+    assert '"phase": "steer", "done": 5, "total": 5' in printed  # generation progress of the pool
 
     before = (out_dir / MANIFEST).read_bytes()
     again = ScriptedGenerator({})
