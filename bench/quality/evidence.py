@@ -13,8 +13,9 @@ that produce the arm's row into ``bench/quality/runs/<dataset>/<arm>/`` and link
 
 What is *not* copied: prompts, prepared examples, clue texts and rationales — they hold dataset
 text, which must not enter the repository (predictions hold only ids, the model's short answer,
-the parsed and gold labels). Rationale samples in RESULTS.md are the model's own words, cut short
-and with quoted spans blanked, so no dataset line is reproduced.
+the parsed and gold labels). Rationale samples in RESULTS.md are the model's own words, cut short,
+with quoted spans blanked and every run of four or more words that also occurs in the example's
+prompt blanked (a small model often repeats a dialogue line), so no dataset line is reproduced.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
 PREDICTION_KEYS = ("id", "output", "parsed_label", "gold", "parse_method")
 SAMPLE_CHARS = 220
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{12,}'")
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
+ECHO_WORDS = 4  # a shared run this long counts as repeating the prompt
 
 
 def evidence_files(step_kind: str, names: Iterable[str]) -> list[str]:
@@ -50,9 +53,38 @@ def slim_prediction(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in PREDICTION_KEYS if k in row}
 
 
-def redact_sample(text: str, limit: int = SAMPLE_CHARS) -> str:
-    """A generated rationale fit to quote: quoted spans blanked (they may repeat a dataset line),
-    whitespace folded, cut to ``limit`` characters on a word boundary."""
+def blank_echoes(text: str, source: str, n: int = ECHO_WORDS) -> str:
+    """``text`` with every run of ``n`` or more words that also occurs word for word (ignoring
+    case and punctuation) in ``source`` replaced by "…"."""
+    words = list(_WORD.finditer(text))
+    if len(words) < n or not source:
+        return text
+    src = [w.lower() for w in _WORD.findall(source)]
+    grams = {tuple(src[i : i + n]) for i in range(len(src) - n + 1)}
+    low = [m.group().lower() for m in words]
+    covered = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        if tuple(low[i : i + n]) in grams:
+            covered[i : i + n] = [True] * n
+    out, pos, i = [], 0, 0
+    while i < len(words):
+        if not covered[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(words) and covered[j + 1]:
+            j += 1
+        out += [text[pos : words[i].start()], "…"]
+        pos, i = words[j].end(), j + 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def redact_sample(text: str, limit: int = SAMPLE_CHARS, source: str = "") -> str:
+    """A generated rationale fit to quote: runs of words repeated from ``source`` (the prompt) and
+    quoted spans blanked (either may be a dataset line), whitespace folded, cut to ``limit``
+    characters on a word boundary."""
+    text = blank_echoes(text, source)
     text = _QUOTED.sub("“…”", text)
     text = " ".join(text.split())
     if len(text) > limit:
@@ -61,9 +93,14 @@ def redact_sample(text: str, limit: int = SAMPLE_CHARS) -> str:
 
 
 def rationale_samples(
-    records: Sequence[Mapping[str, Any]], accepted: int = 3, rejected: int = 2
+    records: Sequence[Mapping[str, Any]],
+    accepted: int = 3,
+    rejected: int = 2,
+    prompts: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """A few accepted and rejected generations of one STEeR round, in a fixed order (by id)."""
+    """A few accepted and rejected generations of one STEeR round, in a fixed order (by id);
+    ``prompts`` (id -> prompt) lets the redaction blank what the model repeated from its prompt."""
+    prompts = prompts or {}
     ordered = sorted(records, key=lambda r: str(r.get("id")))
     take = [r for r in ordered if r.get("accepted")][:accepted]
     take += [r for r in ordered if not r.get("accepted")][:rejected]
@@ -74,7 +111,7 @@ def rationale_samples(
             "parsed": r.get("parsed"),
             "accepted": bool(r.get("accepted")),
             "via": r.get("via"),
-            "text": redact_sample(str(r.get("text") or "")),
+            "text": redact_sample(str(r.get("text") or ""), source=prompts.get(str(r.get("id")), "")),
         }
         for r in take
     ]

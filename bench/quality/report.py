@@ -105,7 +105,7 @@ def arm_row(arm: Mapping[str, Any]) -> list[str]:
         fmt_int(arm.get("tokens_trained")),
         fmt_int(arm.get("tokens_generated")),
         fmt_duration(arm.get("wall_s")),
-        link("run dir", arm.get("links", {}).get("run_dir")),
+        link("run dir", run_dir) if (run_dir := arm.get("links", {}).get("run_dir")) else DASH,
     ]
 
 
@@ -268,6 +268,7 @@ def render_section(section: Mapping[str, Any]) -> str:
         parts = [
             link(key, links.get(key))
             for key in ("spec", "bench_spec", "steps", "best", "metrics", "predictions")
+            if links.get(key)
         ]
         where = f" — run directory `{arm['store_run_dir']}`" if arm.get("store_run_dir") else ""
         out.append(

@@ -186,6 +186,14 @@ def _rel(uri: str | None, results_dir: Path) -> str | None:
     return os.path.relpath(path, results_dir)
 
 
+def _round_prompts(store: Any, round_step: Any) -> dict[str, str]:
+    """id -> prompt of the pool a STEeR round generated for (to blank what a sample repeats)."""
+    pool = getattr(round_step.config, "pool", None)
+    if not pool or not store.exists(pool):
+        return {}
+    return {str(r.get("id")): str(r.get("prompt") or "") for r in store.read_jsonl(pool)}
+
+
 def _read(store: Any, uri: str) -> Any:
     return store.read_json(uri) if store.exists(uri) else None
 
@@ -259,7 +267,9 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
         if store.exists(gens):
             out["rationale_samples"] = {
                 "round": last_round.round,
-                "samples": rationale_samples(store.read_jsonl(gens)),
+                "samples": rationale_samples(
+                    store.read_jsonl(gens), prompts=_round_prompts(store, last_round)
+                ),
             }
     out["tokens_trained"] = tokens_trained
     out["steer_rounds"] = rounds
@@ -310,6 +320,9 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
         copied = snapshot_arm(store, dest, join(runs_prefix(spec), "spec.yaml"), steps, status["steps"])
         links.update({k: os.path.relpath(dest / name, results_dir) for k, name in copied.items()})
         links["run_dir"] = os.path.relpath(dest, results_dir)
+    elif snapshot_dir is not None:
+        # Nothing to copy yet: no link into the store, which may be on a disk the reader lacks.
+        links["run_dir"] = links["spec"] = None
     out["links"] = links
     return out
 
@@ -513,9 +526,12 @@ def _dev_n(arm: Arm) -> int | None:
 
 def write_results(path: Path, sections: Sequence[dict[str, Any]], command: str) -> Path:
     """RESULTS.md (temp file + rename) and RESULTS.json beside it (the same data, machine-readable)."""
+    readme = os.path.relpath(Path(__file__).resolve().parent / "README.md", path.resolve().parent)
     header = [
         f"Produced by `{command}` (resumable; rerun it to continue or refresh). Last written "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        "",
+        f"What the table shows, in words, and the evidence behind it: [README.md#findings]({readme}#findings).",
     ]
     text = render_results(sections, header)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 from bench.quality.evidence import (
+    blank_echoes,
     evidence_files,
     rationale_samples,
     redact_sample,
@@ -86,3 +87,13 @@ def test_snapshot_arm_copies_published_steps_only_and_replaces_the_folder(tmp_pa
     (pred,) = [json.loads(line) for line in (dest / links["predictions"]).read_text().splitlines()]
     assert "prompt" not in pred and pred["parsed_label"] == "joy"
     assert not (tmp_path / "runs" / "meld" / "arm.tmp").exists()
+
+
+def test_words_the_model_repeats_from_its_prompt_are_blanked():
+    prompt = "Dialogue:\nRachel: I mean, I was gonna be homeless!\nMonica: Okay.\nWhich emotion?"
+    text = "Rachel: I mean, I was gonna be homeless. Rachel is relieved, I mean happy."
+    assert blank_echoes(text, prompt) == "…. Rachel is relieved, I mean happy."  # 3 shared words stay
+    assert blank_echoes(text, "") == text
+    recs = [{"id": "e1", "gold": "joy", "parsed": "joy", "accepted": False, "text": text}]
+    (sample,) = rationale_samples(recs, prompts={"e1": prompt})
+    assert "homeless" not in sample["text"] and sample["text"].startswith("…")
