@@ -56,6 +56,12 @@ def _write_spec(tmp_path: Path, **spec) -> Path:
     return path
 
 
+def _sigint_as_at_a_terminal() -> None:
+    # A suite started in the background (`make test &`, nohup) hands its children SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt; the Ctrl-C case needs the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _coe_ctl_proc(spec: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "coe_controller.cli", "run", str(spec), *extra],
@@ -63,6 +69,7 @@ def _coe_ctl_proc(spec: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         cwd=REPO,
+        preexec_fn=_sigint_as_at_a_terminal,
     )
 
 
