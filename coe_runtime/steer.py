@@ -273,7 +273,7 @@ def round_report(
     label_set: LabelSet,
     tokens_generated: int = 0,
     seconds: float = 0.0,
-    cut_at_limit: int = 0,
+    cut_count: int = 0,
 ) -> dict[str, Any]:
     """The figures saved as ``round-N.json``."""
     n = result.counts["pool_size"]
@@ -289,7 +289,7 @@ def round_report(
         "rationalized": result.counts["rationalized"],
         "hint_attempts": result.counts["hint_attempts"],
         "capped": result.counts["capped"],
-        "cut_at_limit": cut_at_limit,
+        "cut_at_limit": cut_count,
         "per_class": result.per_class,
         "memory_before": memory_size,
         "memory_size": memory_size + len(result.accepted),
@@ -490,7 +490,7 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
 
     result = accept(pool, texts, label_set, step.steer, round_no=n, hint_generations=hint_texts)
     summary = round_report(
-        n, result, len(memory), step.steer, label_set, tokens, time.monotonic() - started, cut_at_limit=cut
+        n, result, len(memory), step.steer, label_set, tokens, time.monotonic() - started, cut_count=cut
     )
     summary["step"] = step.name
     summary["warnings"] = warnings
