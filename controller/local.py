@@ -355,13 +355,19 @@ def step_command(step: PlannedStep, config_path: Path, python: str = sys.executa
 class Display:
     """Live progress: a rich panel on a terminal, plain lines otherwise (logs, CI, tests)."""
 
-    def __init__(self, console: Any = None):
+    # Plain output repeats a progress line at most this often within one phase, so a log of a
+    # 30-minute generation pass still shows it moving (and its ETA) without a line per batch.
+    PLAIN_PROGRESS_EVERY_S = 60.0
+
+    def __init__(self, console: Any = None, clock: Any = time.monotonic):
         from rich.console import Console
 
         self.console = console or Console()
         self.live = None
         self.state: dict[str, Any] = {}
         self.last_plain_epoch: Any = None
+        self.clock = clock
+        self.last_plain_at = 0.0
 
     def __enter__(self) -> Display:
         if self.console.is_terminal:
@@ -428,10 +434,14 @@ class Display:
         if self.live:
             self._refresh()
             return
-        # Plain output: one line per phase change / whole epoch, not every event.
+        # Plain output: one line per phase change / whole epoch, and while a phase runs on, one
+        # progress line a minute at most — not every event.
         key = (ev.get("phase"), int(float(ev["epoch"])) if ev.get("epoch") is not None else None)
-        if key != self.last_plain_epoch:
+        now = self.clock()
+        moving = ev.get("done") is not None and now - self.last_plain_at >= self.PLAIN_PROGRESS_EVERY_S
+        if key != self.last_plain_epoch or moving:
             self.last_plain_epoch = key
+            self.last_plain_at = now
             bits = [
                 f"{k}={ev[k]}"
                 for k in ("phase", "epoch", "round", "loss", "done", "total", "eta_s")

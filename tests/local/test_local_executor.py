@@ -238,3 +238,29 @@ def test_local_cli_bad_spec_exits_2_listing_problems(tmp_path, capsys):
     assert "spec.lora.r" in err and "spec.strategy" in err
     assert coe_ctl(["run", str(bad)]) == 2
     assert coe_ctl(["validate", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_plain_progress_repeats_within_a_phase_at_most_once_a_minute():
+    """A log (not a terminal) of a long generation pass shows it moving, without a line per batch."""
+    import io
+
+    from coe_controller.local import Display
+    from rich.console import Console
+
+    out = io.StringIO()
+    now = [1000.0]
+    display = Display(Console(file=out, force_terminal=False, width=200), clock=lambda: now[0])
+    display.state = {"event": {}}
+    for done in range(16, 2610, 16):  # one event per batch, a second apart
+        display.event({"step": "test", "phase": "generate", "done": done, "total": 2610})
+        now[0] += 1.0
+    display.event({"step": "test", "phase": "done"})
+    lines = [line.strip() for line in out.getvalue().splitlines()]
+    progress = [line for line in lines if line.startswith("phase=generate")]
+    # 162 events over 162 s: the first, then one at 60 s and 120 s — not 162 lines.
+    assert progress == [
+        "phase=generate done=16 total=2610",
+        "phase=generate done=976 total=2610",
+        "phase=generate done=1936 total=2610",
+    ]
+    assert lines[-1] == "phase=done"
