@@ -585,7 +585,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--arms",
         nargs="+",
         default=None,
-        help="run only these arms (the table still lists every finished arm)",
+        help="run only these arms, in the table's order whatever order they are given (the table still lists every finished arm)",
     )
     p.add_argument(
         "--results",
