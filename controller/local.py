@@ -650,9 +650,12 @@ class LocalExecutor:
                 for line in proc.stdout:
                     log.write(line)
                     log.flush()
-                    tail.append(line.rstrip("\n"))
                     event = progress.parse(line)
-                    if event is not None:
+                    if event is None:
+                        # The tail shown when a step fails is its own output (the error); progress
+                        # lines went to the display already and stay in the log file.
+                        tail.append(line.rstrip("\n"))
+                    else:
                         self.display.event(event)
                         if self.on_event:
                             self.on_event(step.name, event)

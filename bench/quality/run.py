@@ -162,7 +162,7 @@ def run_arms(arms: Sequence[Arm], console: Any = None, after_each: Any = None) -
             what = f"step {failed.step} {failed.status}" if failed else "failed"
             reason = f": {failed.reason}" if failed and failed.reason else ""
             console.print(f"[red]arm {arm.name}: {what}{reason}[/]; rerun the same command to resume")
-            if failed and failed.log_tail:
+            if failed and failed.status == "failed" and failed.log_tail:  # not on Ctrl-C / kill
                 console.print("\n".join(failed.log_tail[-10:]), highlight=False, markup=False)
             return False
     return True

@@ -57,6 +57,8 @@ def main() -> int:
     progress.report(step=name, phase="start")
     failure = _env_pair("FAKE_FAIL", name)
     if failure:
+        for i in range(30):  # a step that got some way first: its progress must not bury the error
+            progress.report(step=name, phase="train", done=i, total=100)
         print(f"fake failure in {name}", file=sys.stderr)
         return int(failure)
     sleep = _env_pair("FAKE_SLEEP", name)

@@ -183,6 +183,8 @@ def test_local_executor_failed_step_is_named_with_its_log(tmp_path, fake_env, mo
     out = capsys.readouterr().out
     assert "step speaker-id failed" in out and "exit code 2 (permanent)" in out
     assert "fake failure in speaker-id" in out  # the last log lines
+    tail = out[out.index("last log lines:") :]
+    assert "COE_PROGRESS" not in tail  # the step's own output, not its 30 progress lines
     spec = load_spec(spec_path)
     assert len(read_attempts(spec, "speaker-id")) == 2  # permanent: not retried
     assert read_attempts(spec, "erc") == []
