@@ -36,7 +36,7 @@ from bench.quality import baselines as bl  # noqa: E402
 from bench.quality.evidence import rationale_samples, snapshot_arm  # noqa: E402
 from bench.quality.report import render_results  # noqa: E402
 from bench.quality.stats import bootstrap_intervals  # noqa: E402
-from coe_runtime.errors import ConfigError, DataError  # noqa: E402
+from coe_runtime.errors import CoEError, ConfigError, DataError  # noqa: E402
 
 BENCH_DIR = REPO / "bench" / "quality"
 RESULTS = BENCH_DIR / "RESULTS.md"
@@ -528,7 +528,7 @@ def write_results(path: Path, sections: Sequence[dict[str, Any]], command: str) 
     """RESULTS.md (temp file + rename) and RESULTS.json beside it (the same data, machine-readable)."""
     readme = os.path.relpath(Path(__file__).resolve().parent / "README.md", path.resolve().parent)
     header = [
-        f"Produced by `{command}` (resumable; rerun it to continue or refresh). Last written "
+        f"Produced by {command} (resumable; rerun to continue or refresh). Last written "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}.",
         "",
         f"What the table shows, in words, and the evidence behind it: [README.md#findings]({readme}#findings).",
@@ -543,6 +543,13 @@ def write_results(path: Path, sections: Sequence[dict[str, Any]], command: str) 
         tmp.write_text(data, encoding="utf-8")
         tmp.replace(target)
     return path
+
+
+def has_started(arm: Arm) -> bool:
+    """Whether any step of the arm has run (or is running) in its store."""
+    from coe_controller.local import experiment_status
+
+    return any(r["state"] not in ("pending", "tentative") for r in experiment_status(arm.spec)["steps"])
 
 
 def refresh_results(
@@ -620,8 +627,20 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
     for ds in names:
         datasets[ds] = load_arms(args.specs / ds, data_dir, args.store)
         check_same_budget(datasets[ds])
-    # The table shows every dataset folder that has arms; only the chosen ones run.
-    full_command = f"{command} --dataset {args.dataset}"
+    # Only the chosen datasets run, but RESULTS.md keeps every dataset that has run in this store:
+    # `--dataset emorynlp` after `--dataset meld` must not drop the MELD table.
+    shown = dict(datasets)
+    for ds in DATASETS:
+        if ds in shown or not (args.specs / ds).is_dir():
+            continue
+        try:
+            others = load_arms(args.specs / ds, data_dir, args.store)
+        except CoEError:  # its data or specs are not here: it cannot have run from this checkout
+            continue
+        if any(has_started(a) for a in others):
+            shown[ds] = others
+    shown = {ds: shown[ds] for ds in DATASETS if ds in shown}
+    full_command = " and ".join(f"`{command} --dataset {ds}`" for ds in shown) or f"`{command}`"
     baseline_cache = None
     first = next((a for arms in datasets.values() for a in arms), None)
     if first is not None:
@@ -629,7 +648,7 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
 
     def refresh() -> None:
         snapshot = None if args.no_snapshot else (args.snapshot or args.results.parent / SNAPSHOT_DIR)
-        refresh_results(datasets, args.results, full_command, args.baseline_train, baseline_cache, snapshot)
+        refresh_results(shown, args.results, full_command, args.baseline_train, baseline_cache, snapshot)
         console.print(f"wrote {args.results}")
 
     if not args.report_only:
@@ -648,8 +667,6 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from coe_runtime.errors import CoEError
-
     args = parse_args(argv)
     try:
         return main_with_args(args)

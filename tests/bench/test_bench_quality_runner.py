@@ -124,6 +124,26 @@ def test_bench_runner_tiny_end_to_end_is_resumable(tmp_path, tiny_specs, data_di
     assert "Produced by `coe-ctl bench quality --dataset meld`" in results.read_text()
     assert {p: p.read_text() for p in attempts} == before
 
+    # The other dataset's command (here report-only, nothing of it has run) keeps the MELD table.
+    emory = tiny_arm("erc-only", False)
+    emory["metadata"]["name"] = "tq-emorynlp-erc-only"
+    emory["spec"]["dataset"].update(
+        format="emorynlp",
+        files={s: f"emorynlp_{s}_final.csv" for s in ("train", "dev", "test")},
+        labelSet={"name": "emorynlp", "naming": "coe"},
+    )
+    (tiny_specs / "emorynlp").mkdir()
+    (tiny_specs / "emorynlp" / "erc-only.yaml").write_text(yaml.safe_dump(emory, sort_keys=False))
+    argv[argv.index("meld")] = "emorynlp"
+    assert coe_ctl(argv) == 0
+    sections = {s["dataset"]: s for s in json.loads(results.with_suffix(".json").read_text())}
+    assert list(sections) == ["meld", "emorynlp"]
+    assert all(a["complete"] for a in sections["meld"]["arms"])
+    assert not sections["emorynlp"]["arms"][0]["complete"]
+    text = results.read_text()
+    assert "## MELD" in text and "## EmoryNLP" in text
+    assert "`coe-ctl bench quality --dataset meld` and `coe-ctl bench quality --dataset emorynlp`" in text
+
 
 def test_bench_runner_rejects_arms_with_different_budgets(tmp_path, tiny_specs, data_dir):
     other = tiny_arm("clues", True)
