@@ -162,7 +162,7 @@ def run_arms(arms: Sequence[Arm], console: Any = None, after_each: Any = None) -
             what = f"step {failed.step} {failed.status}" if failed else "failed"
             reason = f": {failed.reason}" if failed and failed.reason else ""
             console.print(f"[red]arm {arm.name}: {what}{reason}[/]; rerun the same command to resume")
-            if failed and failed.status == "failed" and failed.log_tail:  # not on Ctrl-C / kill
+            if failed and failed.log_tail and not result.interrupted:  # the error, not on Ctrl-C / kill
                 console.print("\n".join(failed.log_tail[-10:]), highlight=False, markup=False)
             return False
     return True
@@ -592,7 +592,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--arms",
         nargs="+",
         default=None,
-        help="run only these arms, in the table's order whatever order they are given (the table still lists every finished arm)",
+        help="run only these arms, in the table's order (the table still lists every finished arm)",
     )
     p.add_argument(
         "--results",
@@ -629,17 +629,17 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
         check_same_budget(datasets[ds])
     # Only the chosen datasets run, but RESULTS.md keeps every dataset that has run in this store:
     # `--dataset emorynlp` after `--dataset meld` must not drop the MELD table.
-    shown = dict(datasets)
+    shown: dict[str, list[Arm]] = {}
     for ds in DATASETS:
-        if ds in shown or not (args.specs / ds).is_dir():
+        if ds in datasets:
+            shown[ds] = datasets[ds]
             continue
         try:
             others = load_arms(args.specs / ds, data_dir, args.store)
-        except CoEError:  # its data or specs are not here: it cannot have run from this checkout
+        except CoEError:  # no specs or data for it here: it cannot have run from this checkout
             continue
         if any(has_started(a) for a in others):
             shown[ds] = others
-    shown = {ds: shown[ds] for ds in DATASETS if ds in shown}
     full_command = " and ".join(f"`{command} --dataset {ds}`" for ds in shown) or f"`{command}`"
     baseline_cache = None
     first = next((a for arms in datasets.values() for a in arms), None)
