@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coe_runtime.s3store import S3Store, transfer_config_from_env  # noqa: E402
+from coe_runtime.store.s3 import S3Store, transfer_config_from_env  # noqa: E402
 from tests.support.seaweed import SeaweedServer, find_weed  # noqa: E402
 
 MB = 1024 * 1024

@@ -56,7 +56,7 @@ def small_parts() -> TransferConfig:
 
 @pytest.fixture
 def s3_store(s3_env, small_parts):
-    from coe_runtime.s3store import S3Store
+    from coe_runtime.store.s3 import S3Store
 
     return S3Store(transfer_config=small_parts)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from coe_runtime.errors import StoreError
-from coe_runtime.s3store import S3Store
 from coe_runtime.store import cache_path, get_store, join, materialize
+from coe_runtime.store.s3 import S3Store
 from tests.store.conftest import count_calls
 
 pytestmark = pytest.mark.s3

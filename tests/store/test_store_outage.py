@@ -7,8 +7,8 @@ import os
 import pytest
 
 from coe_runtime.errors import StoreError, TransientStoreError
-from coe_runtime.s3store import S3Store
 from coe_runtime.store import MANIFEST, join
+from coe_runtime.store.s3 import S3Store
 from tests.store.conftest import s3_environment
 from tests.support.seaweed import SeaweedServer, weed_available
 

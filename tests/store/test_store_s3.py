@@ -7,8 +7,8 @@ import os
 import pytest
 
 from coe_runtime.errors import StoreError, TransientStoreError
-from coe_runtime.s3store import S3Store, parse_s3_uri
 from coe_runtime.store import MANIFEST, get_store, join
+from coe_runtime.store.s3 import S3Store, parse_s3_uri
 from tests.store.conftest import MB, count_calls
 
 pytestmark = pytest.mark.s3

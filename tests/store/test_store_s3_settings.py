@@ -9,7 +9,7 @@ from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from coe_runtime.errors import StoreError, TransientStoreError
-from coe_runtime.s3store import S3Settings, S3Store, make_client, parse_s3_uri, transfer_config_from_env
+from coe_runtime.store.s3 import S3Settings, S3Store, make_client, parse_s3_uri, transfer_config_from_env
 
 MB = 1024 * 1024
 

@@ -43,7 +43,7 @@ from botocore.exceptions import (
 )
 
 from coe_runtime.errors import StoreError, TransientStoreError
-from coe_runtime.store import Store
+from coe_runtime.store.base import Store
 
 MB = 1024 * 1024
 # Largest number of keys S3 returns in one ListObjectsV2 page (also the DeleteObjects batch limit).
