@@ -87,6 +87,25 @@ def test_emorynlp_rationales_parse_against_emorynlp_labels_not_melds():
         accept(pool, texts, MELD, SteerOptions())
 
 
+def test_generations_record_how_each_answer_was_parsed_and_only_prompt_name_tags_are_stored():
+    pool = [pool_example(i, "Mad", EMORYNLP) for i in range(4)]
+    texts = [
+        "He shouts at them. <mad>",
+        "He shouts at them. <angry>",  # a synonym tag: right, but memory keeps the prompt's format
+        "He is angry at Joey.",
+        "Joey is talking to Ross about it.",  # a sentence: never edit-distance matched
+    ]
+    result = accept(pool, texts, EMORYNLP, SteerOptions())
+    assert [(r["parsed"], r["method"]) for r in result.records] == [
+        ("Mad", "tag"),
+        ("Mad", "tag"),
+        ("Mad", "synonym"),
+        (None, "none"),
+    ]
+    assert [ex.id for ex in result.accepted] == ["steer:u0"]
+    assert result.counts["correct"] == 3 and result.counts["correct_untagged"] == 2
+
+
 def test_rationalization_accepts_hinted_answers_but_stores_the_hint_free_prompt():
     pool = [pool_example(0, "anger"), pool_example(1, "fear"), pool_example(2, "joy")]
     texts = ["He is fine. <neutral>", "She is calm. <neutral>", "Friends cheer. <joy>"]
