@@ -34,6 +34,7 @@ demo: setup
 lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: setup-test
 	$(BIN)/ruff format .
