@@ -12,39 +12,12 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
 
 from coe_runtime.errors import EXIT_PERMANENT, EXIT_RETRYABLE, CoEError
 from coe_runtime.step import STEP_KINDS, load_step
 
 EXIT_BUG = 1  # an unexpected exception: a defect, reported with its traceback
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the pod was stopped; retrying resumes from the checkpoint
-
-
-def _runner(kind: str) -> Callable[[Any], dict]:
-    """The step's run function, imported only when needed (torch/transformers are slow to import)."""
-    if kind == "prepare":
-        from coe_runtime.prepare import run_prepare
-
-        return run_prepare
-    if kind == "clues":
-        from coe_runtime.clues import run_clues
-
-        return run_clues
-    if kind == "train":
-        from coe_runtime.train import run_train
-
-        return run_train
-    if kind == "generate":
-        from coe_runtime.evaluate import run_generate
-
-        return run_generate
-    if kind == "steer_round":
-        from coe_runtime.steer import run_steer_round
-
-        return run_steer_round
-    raise AssertionError(kind)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -95,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CoEConfigMismatch(
                 f"{args.config}: the config is a {step.kind!r} step, but {args.kind!r} was asked for"
             )
-        summary = _runner(args.kind)(step)
+        from coe_runtime.driver import run_step
+
+        summary = run_step(step)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one message and an exit code
         if isinstance(exc, SystemExit):
             raise

@@ -31,6 +31,7 @@ from typing import Any
 
 from coe_runtime.clue_file import Clues, dialogue_key, write_clues
 from coe_runtime.data import SPLITS, Dialogue
+from coe_runtime.record import publish_step
 from coe_runtime.step import CluesStep, GenerationSettings, ModelRef
 
 PERSONA = "persona"
@@ -266,13 +267,9 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
     ranks agree on what is missing; the generator shards each chunk, rank 0 writes the cache and
     publishes.
     """
-    from coe_runtime.progress import is_rank_zero, report
-    from coe_runtime.store import get_store, join
-
-    store = get_store(step.output)
-    if store.is_published(step.output):
-        return {**store.read_json(join(step.output, "clues-summary.json")), "skipped": True}
     from coe_runtime.generate import init_distributed
+    from coe_runtime.progress import is_rank_zero, report
+    from coe_runtime.store import get_store
 
     init_distributed()
     started = time.monotonic()
@@ -353,8 +350,8 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
     with tempfile.TemporaryDirectory(prefix="coe-clues-") as tmp:
         write_clues(Path(tmp) / "clues.json", clues)
         (Path(tmp) / "clues-summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        store.publish(
-            tmp, step.output, meta={"kind": "clues", **{k: summary[k] for k in ("generated", "from_cache")}}
+        publish_step(
+            step, tmp, meta={"kind": "clues", **{k: summary[k] for k in ("generated", "from_cache")}}
         )
     if console is None:
         from rich.console import Console

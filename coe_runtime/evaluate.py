@@ -20,6 +20,7 @@ from coe_runtime.data import Example
 from coe_runtime.errors import DataError
 from coe_runtime.generate import Generator, dist_info, init_distributed, read_examples_uri
 from coe_runtime.labels import LabelSet, get_label_set
+from coe_runtime.record import publish_step
 from coe_runtime.step import GenerateStep, GenerationSettings, LabelSetRef
 
 
@@ -98,7 +99,7 @@ def run_generate(step: GenerateStep) -> dict:
     published under ``step.output`` by rank 0."""
     from coe_runtime.metrics import write_metrics
     from coe_runtime.models import default_device
-    from coe_runtime.store import get_store, normalize_uri
+    from coe_runtime.store import normalize_uri
 
     step = step.model_copy(update={"output": normalize_uri(step.output)})
     init_distributed()  # under torchrun each rank generates its own shard
@@ -128,7 +129,7 @@ def run_generate(step: GenerateStep) -> dict:
             write_predictions(Path(tmp) / "predictions.jsonl", predictions)
             if metrics is not None:
                 write_metrics(tmp, metrics)
-            get_store(step.output).publish(tmp, step.output, meta={"kind": "generate", **summary})
+            publish_step(step, tmp, meta={"kind": "generate", **summary})
     progress.report(step=step.name, phase="done", **summary)
     return summary
 

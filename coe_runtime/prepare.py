@@ -28,9 +28,10 @@ from coe_runtime.errors import ConfigError
 from coe_runtime.labels import LabelSet, get_label_set
 from coe_runtime.progress import is_rank_zero, report
 from coe_runtime.prompts import CountTokens
+from coe_runtime.record import publish_step
 from coe_runtime.seeds import load_seeds
 from coe_runtime.step import PrepareStep
-from coe_runtime.store import get_store, normalize_uri
+from coe_runtime.store import normalize_uri
 from coe_runtime.tasks import build_examples, build_steer_sets, subset_dialogues, subset_examples
 
 
@@ -204,6 +205,8 @@ def run_prepare(
     output = normalize_uri(step.output)
     with tempfile.TemporaryDirectory(prefix="coe-prepare-") as tmp:
         write_prepared(Path(tmp), files, summary)
-        get_store(output).publish(tmp, output, meta={"kind": "prepare", "step": step.name})
+        publish_step(
+            step.model_copy(update={"output": output}), tmp, meta={"kind": "prepare", "step": step.name}
+        )
     report(step=step.name, phase="prepare", message=f"published {len(files)} files to {output}")
     return summary

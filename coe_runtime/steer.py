@@ -30,6 +30,7 @@ from coe_runtime.data import Example, read_examples, write_examples
 from coe_runtime.errors import DataError
 from coe_runtime.labels import LabelSet, get_label_set
 from coe_runtime.prompts import steer_target, with_hint
+from coe_runtime.record import publish_step
 from coe_runtime.step import GenerationSettings, SteerOptions, SteerRoundStep
 
 # A rationalized answer that mentions the hint it was given.
@@ -338,20 +339,6 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
     return table
 
 
-def collect_round_reports(experiment_prefix: str, store: Any = None) -> list[dict[str, Any]]:
-    """``round-N.json`` of every published round under ``<experiment>/steer-rN/``, in order
-    (stops at the first round not published); for ``format_rounds_table`` and status views."""
-    from coe_runtime.store import get_store, join
-
-    store = store or get_store(experiment_prefix)
-    reports = []
-    n = 1
-    while store.is_published(prefix := join(experiment_prefix, f"steer-r{n}")):
-        reports.append(store.read_json(join(prefix, f"round-{n}.json")))
-        n += 1
-    return reports
-
-
 def per_class_table(report: Mapping[str, Any]):
     """Acceptance per class for one round."""
     from rich.table import Table
@@ -440,9 +427,6 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
 
     store = get_store(step.output)
     n = step.round
-    if store.is_published(step.output):
-        done = store.read_json(join(step.output, f"round-{n}.json"))
-        return {**done, "skipped": True}
 
     from coe_runtime.generate import init_distributed
 
@@ -498,14 +482,15 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         return summary
     with tempfile.TemporaryDirectory(prefix=f"steer-r{n}-") as tmp:
         write_round_outputs(Path(tmp), n, memory, result, summary)
-        store.publish(tmp, step.output, meta={"kind": "steer_round", "round": n})
+        publish_step(step, tmp, meta={"kind": "steer_round", "round": n})
     if console is None:
         from rich.console import Console
 
         console = Console()
     # The run so far: earlier rounds published beside this one (steps named steer-rK), then this one.
-    experiment = step.output.rstrip("/").rsplit("/", 1)[0]
-    earlier = [r for r in collect_round_reports(experiment, store) if r["round"] < n]
+    earlier = [
+        store.read_json(join(prefix, f"round-{k}.json")) for k, prefix in enumerate(step.previous_rounds, 1)
+    ]
     console.print(format_rounds_table([*earlier, summary]))
     console.print(per_class_table(summary))
     report(

@@ -105,9 +105,17 @@ class SteerOptions(_Model):
     rationale_max_new_tokens: int = Field(96, ge=8)
 
 
+# Bumped whenever a step kind's meaning changes in a way its fields do not show (a new output file,
+# a changed algorithm): every fingerprint changes with it, so old results are never mistaken for new.
+STEP_SCHEMA_VERSION = 1
+
+
 class _StepBase(_Model):
-    name: str  # deterministic step name (also the output folder)
+    name: str  # deterministic step name (the folder above its fingerprint folders)
     output: str  # URI prefix this step publishes under (done when its MANIFEST.json exists)
+    # The step's identity (coe_runtime.fingerprint): a hash of everything that went into it. The
+    # planner sets it and puts it at the end of ``output``; empty for a hand-written config.
+    fingerprint: str = ""
     base_model: ModelRef = ModelRef()
     distributed: DistributedSettings = DistributedSettings()
 
@@ -171,6 +179,8 @@ class SteerRoundStep(_StepBase):
     memory: str  # URI of memory-r(N-1).jsonl
     pool: str  # URI of pool-r(N-1).jsonl
     adapter: str  # URI of this round's trained adapter
+    # Output prefixes of rounds 1..N-1 of this run (for the rounds table the round prints).
+    previous_rounds: list[str] = []
     label_set: LabelSetRef = LabelSetRef()
     steer: SteerOptions = SteerOptions()
     generation: GenerationSettings = GenerationSettings(max_new_tokens=96)

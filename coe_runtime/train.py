@@ -36,6 +36,7 @@ from coe_runtime import progress
 from coe_runtime.data import Example
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.generate import encode_prompt, read_examples_uri
+from coe_runtime.record import publish_step
 from coe_runtime.step import TrainStep, dump_step
 from coe_runtime.store import cache_dir, get_store, join, materialize, normalize_uri
 
@@ -451,7 +452,7 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
             }
             (out / "resolved-config.json").write_text(json.dumps(resolved, indent=2))
             store = get_store(step.output)
-            store.publish(out, step.output, meta={"kind": "train", **summary})
+            publish_step(step, out, meta={"kind": "train", **summary})
             store.delete_prefix(join(step.output, CHECKPOINTS))  # done: checkpoints are no longer needed
     _barrier()
     if local_main:

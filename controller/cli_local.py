@@ -70,18 +70,64 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # -- plan ------------------------------------------------------------------------------------
 
 
+def _observe_or_none(spec: Any, console: Any) -> Any:
+    """The experiment state from the store, or None (said on stderr) when the store cannot be read."""
+    from coe_controller.state import observe
+
+    from coe_runtime.errors import StoreError
+
+    try:
+        return observe(spec)
+    except StoreError as e:
+        print(f"note: cannot read the store, showing the plan only ({e})", file=sys.stderr)
+        return None
+
+
+def step_action(view: Any) -> str:
+    """What a run does with a step: reuse it, run it (new, or again because it is stale), or wait."""
+    if view.done:
+        return "reuse"
+    if view.state == "tentative":
+        return "tentative"
+    return "rerun (stale)" if view.earlier else "run"
+
+
+def print_step_actions(console: Any, state: Any) -> None:
+    """Which steps are reused, which are stale and why, which will run (``plan`` and ``run``)."""
+    from rich.table import Table
+
+    t = Table(title=f"{state.spec.name}: what a run does", title_justify="left")
+    for col in ("step", "fingerprint", "action", "why"):
+        t.add_column(col, overflow="fold")
+    colours = {"reuse": "green", "run": "cyan", "rerun (stale)": "yellow", "tentative": "dim"}
+    for v in state.steps:
+        action = step_action(v)
+        why = "; ".join(v.changes) if v.changes else ("published" if v.done else "")
+        t.add_row(v.name, v.step.config.fingerprint, f"[{colours[action]}]{action}[/]", why)
+    console.print(t)
+    if state.holds_earlier_results:
+        console.print(
+            "the store also holds results of an earlier spec of this experiment, kept under their own "
+            "fingerprints (see docs/storage.md)"
+        )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    from coe_controller.planner import observe_rounds, plan, plan_as_dicts
+    from coe_controller.planner import plan, plan_as_dicts
     from coe_controller.spec import load_spec
     from rich.table import Table
 
     spec = load_spec(args.spec)
-    rounds = observe_rounds(spec) if args.observe else {}
-    steps = plan(spec, rounds)
-    if args.output == "json":
-        _print_json({"experiment": spec.name, "strategy": spec.spec.strategy, "steps": plan_as_dicts(steps)})
-        return 0
     console = _console(args)
+    state = None if args.no_store else _observe_or_none(spec, console)
+    steps = state.plan if state is not None else plan(spec, {})
+    if args.output == "json":
+        rows = plan_as_dicts(steps)
+        if state is not None:
+            for row, v in zip(rows, state.steps, strict=True):
+                row.update({"action": step_action(v), "changes": v.changes})
+        _print_json({"experiment": spec.name, "strategy": spec.spec.strategy, "steps": rows})
+        return 0
     table = Table(title=f"{spec.name}: {spec.spec.strategy} ({len(steps)} steps)", title_justify="left")
     for col in ("#", "step", "kind", "needs", "starts from", "reads", "resources"):
         table.add_column(col, overflow="fold")
@@ -121,12 +167,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             res,
         )
     console.print(table)
-    console.print(f"outputs under {prefix}<step>/")
+    console.print(f"outputs under {prefix}<step>/<fingerprint>/")
     if any(s.tentative for s in steps):
         console.print(
             "[yellow]tentative[/]: planned as if every undecided STEeR round continues; "
             "each round's round-N.json decides whether the next one runs."
         )
+    if state is not None:
+        print_step_actions(console, state)
     return 0
 
 
@@ -159,6 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console(args)
     executor = LocalExecutor(spec, console=console)
     console.print(f"[bold]{spec.name}[/]: {spec.spec.strategy}, store {spec.spec.store}")
+    if args.output != "json":
+        state = _observe_or_none(spec, console)
+        if state is not None:
+            print_step_actions(console, state)
     result = executor.run()
     if result.interrupted:
         console.print(
@@ -264,6 +316,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         dur = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         t.add_row(r["name"], r["kind"], f"[{c}]{r['state']}[/]", str(r["attempts"]), dur, r["metric"] or "")
     console.print(t)
+    for r in status["steps"]:
+        if r["stale"]:
+            console.print(f"[yellow]{r['name']} is stale[/]: " + ("; ".join(r["changes"]) or "changed"))
+    if status["holds_earlier_results"]:
+        console.print(
+            "the results above are the current spec's; the store also holds results of an earlier spec "
+            "(other fingerprints, kept as they were)"
+        )
     console.print(f"artifacts: {status['store']}/")
     return 0 if status["phase"] != "Failed" else EXIT_FAILED
 
@@ -330,10 +390,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", metavar="SPEC", help="CoEExperiment YAML file")
     p.add_argument(
-        "--observe",
+        "--no-store",
         action="store_true",
-        help="read finished STEeR rounds from the store (default: plan before anything ran)",
+        help="plan without reading the store (default: read it, and say which steps a run reuses, "
+        "which are stale and why, which run)",
     )
+    p.add_argument("--observe", action="store_true", help=argparse.SUPPRESS)  # the default now
     output(p)
 
     p = add(

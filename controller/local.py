@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coe_controller.planner import PlannedStep, experiment_prefix, observe_rounds, plan, step_output
+from coe_controller.planner import PlannedStep, experiment_prefix, plan
 from coe_controller.spec import CoEExperiment
+from coe_controller.state import observe
 
 from coe_runtime import progress
 from coe_runtime.errors import EXIT_RETRYABLE, CoEError, ConfigError, StoreError
+from coe_runtime.record import published_manifest
 from coe_runtime.step import dump_step
 from coe_runtime.store import FileStore, Store, cache_dir, get_store, join
 
@@ -134,19 +136,6 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _weighted_f1(d: Any) -> float | None:
-    """The weighted F1 in a metrics-like object (top level or under metrics/dev/best)."""
-    if not isinstance(d, dict):
-        return None
-    if isinstance(d.get("weighted_f1"), (int, float)):
-        return float(d["weighted_f1"])
-    for key in ("metrics", "dev", "best", "dev_metrics"):
-        found = _weighted_f1(d.get(key))
-        if found is not None:
-            return found
-    return None
-
-
 def _read_json_or_none(store: Store, uri: str) -> Any:
     try:
         return store.read_json(uri) if store.exists(uri) else None
@@ -155,41 +144,51 @@ def _read_json_or_none(store: Store, uri: str) -> Any:
 
 
 def experiment_status(spec: CoEExperiment, store: Store | None = None) -> dict[str, Any]:
-    """Where a local experiment stands: every planned step with its state, attempts and metrics.
+    """Where a local experiment stands: every planned step with its state, attempts and result.
 
-    States: succeeded (published), running, failed, interrupted, pending, tentative.
+    Step states: succeeded (published with this fingerprint), running, failed, interrupted,
+    pending, tentative; ``stale`` and ``changes`` say when the store holds a result of the same
+    step made with another spec, and which fields differ.
     """
     store = store or get_store(spec.spec.store)
-    rounds = observe_rounds(spec, store)
-    steps = plan(spec, rounds)
+    state = observe(spec, store)
     lock = _read_json_or_none(store, join(runs_prefix(spec), "executor.json"))
     executor_alive = bool(lock) and lock.get("host") == socket.gethostname() and _pid_alive(lock.get("pid"))
     rows = []
-    for s in steps:
-        records = read_attempts(spec, s.name, store)
+    for v in state.steps:
+        s = v.step
+        # Attempts of this step's identity only: an earlier spec's attempts are not this step's.
+        records = [
+            r
+            for r in read_attempts(spec, s.name, store)
+            if r.get("fingerprint") in (None, s.config.fingerprint)
+        ]
         starts = [r for r in records if r.get("event") == "start"]
         ends = {r["attempt"]: r for r in records if r.get("event") == "end"}
         last_end = ends.get(starts[-1]["attempt"]) if starts else None
-        if store.is_published(s.output):
-            state = "succeeded"
+        if v.done:
+            st = "succeeded"
         elif starts and last_end is None:
-            state = "running" if executor_alive and lock.get("step") == s.name else "interrupted"
+            st = "running" if executor_alive and lock.get("step") == s.name else "interrupted"
         elif last_end is not None:
-            state = last_end.get("status", "failed")
+            st = last_end.get("status", "failed")
         else:
-            state = "tentative" if s.tentative else "pending"
+            st = "tentative" if s.tentative else "pending"
         ok = [e for e in ends.values() if e.get("status") == "succeeded"]
         duration = ok[-1].get("duration_s") if ok else (last_end or {}).get("duration_s")
         rows.append(
             {
                 "name": s.name,
                 "kind": s.kind,
-                "state": state,
+                "state": st,
                 "attempts": len(starts),
                 "duration_s": duration,
                 "exit_code": (last_end or {}).get("rc"),
+                "fingerprint": s.config.fingerprint,
                 "output": s.output,
-                "metric": _step_metric(store, s),
+                "metric": v.summary_line(),
+                "stale": bool(v.earlier) and not v.done,
+                "changes": v.changes,
             }
         )
     phase = "Succeeded" if all(r["state"] == "succeeded" for r in rows) else "Pending"
@@ -204,27 +203,9 @@ def experiment_status(spec: CoEExperiment, store: Store | None = None) -> dict[s
         "store": experiment_prefix(spec),
         "phase": phase,
         "steps": rows,
-        "rounds": {str(k): v for k, v in rounds.items()},
+        "rounds": {str(k): v for k, v in state.rounds.items()},
+        "holds_earlier_results": state.holds_earlier_results,
     }
-
-
-def _step_metric(store: Store, step: PlannedStep) -> str | None:
-    """A one-line result of a published step for tables."""
-    if not store.is_published(step.output):
-        return None
-    if step.kind == "steer_round":
-        r = _read_json_or_none(store, join(step.output, f"round-{step.round}.json")) or {}
-        parts = [f"{k}={r[k]}" for k in ("accepted", "memory_size", "pool_size") if k in r]
-        if "continue" in r:
-            parts.append("continue" if r["continue"] else f"stop ({r.get('stop_reason', '')})")
-        return " ".join(parts) or None
-    if step.name == "erc":
-        f1 = _weighted_f1(_read_json_or_none(store, join(step.output, "best.json")))
-        return f"dev wF1 {f1:.2f}" if f1 is not None else None
-    if step.kind == "generate":
-        f1 = _weighted_f1(_read_json_or_none(store, join(step.output, "metrics.json")))
-        return f"test wF1 {f1:.2f}" if f1 is not None else None
-    return None
 
 
 def _labels(store: Store, uri: str) -> list[str]:
@@ -234,38 +215,32 @@ def _labels(store: Store, uri: str) -> list[str]:
 
 
 def experiment_summary(spec: CoEExperiment, store: Store | None = None) -> dict[str, Any]:
-    """Final numbers: dev/test weighted F1 beside the majority-class baseline, and artifact URIs."""
+    """Final numbers of the current spec: dev/test weighted F1 beside the majority-class baseline,
+    and artifact URIs."""
     from coe_runtime.labels import get_label_set
     from coe_runtime.metrics import majority_baseline
 
     store = store or get_store(spec.spec.store)
-    steps = plan(spec, observe_rounds(spec, store))
-    prep = step_output(spec, "prepare")
+    state = observe(spec, store, earlier=False)
     ls = spec.spec.dataset.label_set
     label_set = get_label_set(ls.name, ls.naming, ls.custom_prompt_names)
     out: dict[str, Any] = {"experiment": spec.name, "store": experiment_prefix(spec)}
-    if store.is_published(prep):
-        train = _labels(store, join(prep, "erc-train.jsonl"))
+    prep = state.view("prepare")
+    if prep is not None and prep.done:
+        train = _labels(store, join(prep.step.output, "erc-train.jsonl"))
         for split in ("dev", "test"):
-            uri = join(prep, f"erc-{split}.jsonl")
+            uri = join(prep.step.output, f"erc-{split}.jsonl")
             gold = _labels(store, uri) if store.exists(uri) else []
             if train and gold:
                 out[f"{split}_baseline"] = majority_baseline(train, gold, label_set)
-    names = {s.name: s for s in steps}
-    if "erc" in names and store.is_published(names["erc"].output):
-        best = _read_json_or_none(store, join(names["erc"].output, "best.json"))
-        out["dev_weighted_f1"] = _weighted_f1(best)
-        out["best"] = best
-        out["adapter"] = join(names["erc"].output, "adapter")
-    if "test" in names and store.is_published(names["test"].output):
-        metrics = _read_json_or_none(store, join(names["test"].output, "metrics.json")) or {}
-        out["test_weighted_f1"] = _weighted_f1(metrics)
-        out["test_macro_f1"] = metrics.get("macro_f1")
-        out["test_accuracy"] = metrics.get("accuracy")
-        out["predictions"] = join(names["test"].output, "predictions.jsonl")
-        out["metrics"] = join(names["test"].output, "metrics.json")
-    rounds = observe_rounds(spec, store)
-    out["steer_rounds"] = {str(k): v for k, v in rounds.items()}
+    out.update(state.metrics())
+    erc, test = state.view("erc"), state.view("test")
+    if erc is not None and erc.done:
+        out["adapter"] = join(erc.step.output, "adapter")
+    if test is not None and test.done:
+        out["predictions"] = join(test.step.output, "predictions.jsonl")
+        out["metrics"] = join(test.step.output, "metrics.json")
+    out["steer_rounds"] = {str(k): v for k, v in state.rounds.items()}
     return out
 
 
@@ -564,16 +539,13 @@ class LocalExecutor:
     # -- the loop ----------------------------------------------------------------------------
     def next_step(self) -> tuple[PlannedStep | None, list[PlannedStep], list[PlannedStep]]:
         """(next step to run or None when finished, the current plan, steps already published)."""
-        steps = plan(self.spec, observe_rounds(self.spec, self.store))
-        done = []
-        for s in steps:
-            if self.store.is_published(s.output):
-                done.append(s)
-                continue
-            if s.tentative:  # cannot happen: tentative steps follow an unpublished round
-                raise CoEError(f"{s.name}: planned past an undecided STEeR round; refusing to run it")
-            return s, steps, done
-        return None, steps, done
+        state = observe(self.spec, self.store, earlier=False)
+        done = [v.step for v in state.steps if v.done]
+        step = state.next_step()
+        if step is None and not state.finished:
+            waiting = [v.name for v in state.steps if not v.done]
+            raise CoEError(f"{self.spec.name}: no step can run, yet {waiting} are not published")
+        return step, state.plan, done
 
     def run(self) -> RunResult:
         outcomes: list[StepOutcome] = []
@@ -626,7 +598,11 @@ class LocalExecutor:
         cmd = step_command(step, config_path, self.python)
         env = dict(self.env if self.env is not None else os.environ)
         env.update({"PYTHONUNBUFFERED": "1", "COE_EXPERIMENT": self.spec.name, "COE_STEP": step.name})
-        self._record(step.name, {"event": "start", "attempt": attempt, "time": time.time(), "command": cmd})
+        fp = step.config.fingerprint
+        self._record(
+            step.name,
+            {"event": "start", "attempt": attempt, "fingerprint": fp, "time": time.time(), "command": cmd},
+        )
         self.display.step_started(step, index, total, attempt)
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         started = time.monotonic()
@@ -668,7 +644,7 @@ class LocalExecutor:
         duration = time.monotonic() - started
         reason = ""
         if status != "interrupted":
-            if rc == 0 and self.store.is_published(step.output):
+            if rc == 0 and published_manifest(step.config, self.store) is not None:
                 status = "succeeded"
             elif rc == 0:
                 reason = f"exited 0 but published no MANIFEST.json under {step.output}"
@@ -680,6 +656,7 @@ class LocalExecutor:
             {
                 "event": "end",
                 "attempt": attempt,
+                "fingerprint": fp,
                 "time": time.time(),
                 "rc": rc,
                 "status": status,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from coe_runtime import step as rt
 from coe_runtime.errors import StoreError
+from coe_runtime.fingerprint import fingerprint_of, identity
 from coe_runtime.step import StepConfig
 from coe_runtime.store import join
 
@@ -100,6 +101,8 @@ class _Planner:
         self.s = spec.spec
         self.rounds = rounds
         self.steps: list[PlannedStep] = []
+        self.outputs: dict[str, str] = {}  # step name -> its output prefix (ends in its fingerprint)
+        self.prefix = experiment_prefix(spec)
         self.tentative = False
         self.base_model = _model(self.s.base_model, rt.ModelRef)
         self.label_set = _model(self.s.dataset.label_set, rt.LabelSetRef)
@@ -109,7 +112,9 @@ class _Planner:
 
     # -- helpers ---------------------------------------------------------------------------
     def out(self, name: str, file: str = "") -> str:
-        return join(step_output(self.spec, name), file) if file else step_output(self.spec, name)
+        """Where a step planned earlier published (its fingerprint folder), or a file in it."""
+        prefix = self.outputs[name]
+        return join(prefix, file) if file else prefix
 
     def resources(self, key: str) -> ResourcesSpec:
         res = self.s.resources
@@ -153,7 +158,16 @@ class _Planner:
         )
 
     def add(self, config: StepConfig, stage: str, key: str, round_: int | None = None) -> PlannedStep:
-        """Append a step; it needs the producers of its inputs and the step before it."""
+        """Append a step; it needs the producers of its inputs and the step before it.
+
+        The step's output is ``<experiment>/<step>/<fingerprint>``: the fingerprint is taken over
+        the config without its output (whose inputs already end in their producers' fingerprints).
+        """
+        fp = fingerprint_of(identity(config, self.prefix))
+        config = config.model_copy(
+            update={"output": join(step_output(self.spec, config.name), fp), "fingerprint": fp}
+        )
+        self.outputs[config.name] = config.output
         producers = {s.output: s.name for s in self.steps}
         needs = {
             producers[p]
@@ -188,7 +202,7 @@ class _Planner:
         res = self.resources(stage)
         config = rt.TrainStep(
             name=name,
-            output=self.out(name),
+            output=step_output(self.spec, name),
             base_model=self.base_model,
             distributed=self.distributed(res, training=True),
             train_files=files,
@@ -210,7 +224,7 @@ class _Planner:
             model = _model(s.clues.model, rt.ModelRef) if s.clues.model else self.base_model
             config = rt.CluesStep(
                 name="clues",
-                output=self.out("clues"),
+                output=step_output(self.spec, "clues"),
                 base_model=model,
                 distributed=self.distributed(self.resources("clues"), training=False),
                 dataset=s.dataset.to_source(),
@@ -234,7 +248,7 @@ class _Planner:
         self.add(
             rt.PrepareStep(
                 name="prepare",
-                output=self.out("prepare"),
+                output=step_output(self.spec, "prepare"),
                 base_model=self.base_model,
                 distributed=self.distributed(self.resources("prepare"), training=False),
                 dataset=s.dataset.to_source(),
@@ -276,7 +290,7 @@ class _Planner:
             self.add(
                 rt.GenerateStep(
                     name="test",
-                    output=self.out("test"),
+                    output=step_output(self.spec, "test"),
                     base_model=self.base_model,
                     distributed=self.distributed(res, training=False),
                     input_file=prep("erc-test.jsonl"),
@@ -304,13 +318,14 @@ class _Planner:
             self.add(
                 rt.SteerRoundStep(
                     name=name,
-                    output=self.out(name),
+                    output=step_output(self.spec, name),
                     base_model=self.base_model,
                     distributed=self.distributed(res, training=False),
                     round=n,
                     memory=memory,
                     pool=pool,
                     adapter=adapter,
+                    previous_rounds=[self.out(f"steer-r{k}") for k in range(1, n)],
                     label_set=self.label_set,
                     steer=opts,
                     generation=generation,
@@ -340,16 +355,20 @@ def plan(spec: CoEExperiment, rounds: dict[int, dict] | None = None) -> list[Pla
 
 
 def observe_rounds(spec: CoEExperiment, store: Store | None = None) -> dict[int, dict]:
-    """The ``round-N.json`` of every published STEeR round, in order, from the store."""
+    """The ``round-N.json`` of every STEeR round of *this* plan that is published, in order.
+
+    Round N's output folder depends on the rounds before it (its fingerprint covers their memory),
+    so the rounds are found one at a time: plan with the decisions known so far, look at round N.
+    """
     from coe_runtime.store import get_store
 
     store = store or get_store(spec.spec.store)
     rounds: dict[int, dict] = {}
     for n in range(1, spec.spec.steer.rounds + 1):
-        prefix = step_output(spec, f"steer-r{n}")
-        if not store.is_published(prefix):
+        step = next((s for s in plan(spec, rounds) if s.name == f"steer-r{n}"), None)
+        if step is None or not store.is_published(step.output):
             break
-        uri = join(prefix, f"round-{n}.json")
+        uri = join(step.output, f"round-{n}.json")
         try:
             decision = store.read_json(uri)
         except (ValueError, StoreError) as e:
@@ -375,6 +394,7 @@ def plan_as_dicts(steps: list[PlannedStep]) -> list[dict[str, Any]]:
                 "round": s.round,
                 "needs": list(s.needs),
                 "tentative": s.tentative,
+                "fingerprint": s.config.fingerprint,
                 "output": s.output,
                 "inputs": step_inputs(s.config),
                 "init_adapter": getattr(s.config, "init_adapter", None) or getattr(s.config, "adapter", None),

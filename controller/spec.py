@@ -484,7 +484,9 @@ class CoEExperiment(_Spec):
     api_version: Literal["coe.ml/v1alpha1"] = Field(API_VERSION, description=f"Always {API_VERSION}.")
     kind: Literal["CoEExperiment"] = Field(KIND, description=f"Always {KIND}.")
     metadata: ObjectMeta
-    spec: ExperimentSpec = Field(ExperimentSpec(), description="What to run.")
+    # Required: a manifest that lost its spec (a bad merge, a wrong indent) must not silently run the
+    # demo curriculum. ``spec: {}`` states "all defaults" on purpose.
+    spec: ExperimentSpec = Field(description="What to run (required; `spec: {}` takes every default).")
 
     @property
     def name(self) -> str:
