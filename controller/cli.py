@@ -7,8 +7,11 @@ Exit codes: 0 success; 1 the experiment/step failed; 2 bad input (spec, data, ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
+from collections.abc import Iterator
 
 from coe_runtime.errors import CoEError, StoreError, TransientStoreError
 
@@ -40,9 +43,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OwnWritesOnly(io.TextIOBase):
+    """``sys.stdout`` while a ``--output json`` command runs: only coe-ctl's own writes reach stdout.
+
+    Libraries print and log to stdout on their own: DeepSpeed's logger, for one, writes a
+    "Setting accelerator to CPU" warning there when transformers imports it on the way to saving
+    a model (the built-in tiny model, on an empty ``$COE_CACHE_DIR``). Whatever is written by code
+    outside ``coe_controller`` (library prints, logging handlers, rich consoles) goes to stderr,
+    so stdout holds exactly the JSON document, whatever the cache holds. A handler that keeps this
+    stream after the command writes to the process's stdout again.
+    """
+
+    def __init__(self, out: io.TextIOBase, err: io.TextIOBase):
+        self._out, self._err = out, err
+        self.active = True
+
+    def _target(self) -> io.TextIOBase:
+        if not self.active:
+            return sys.__stdout__ or self._err
+        caller = sys._getframe(2).f_globals.get("__name__", "")
+        return self._out if caller.split(".")[0] == "coe_controller" else self._err
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        for stream in (self._out, self._err):
+            with contextlib.suppress(ValueError, OSError):
+                stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # a library writing to the descriptor is not coe-ctl's JSON
+        return self._err.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._out, "encoding", None) or "utf-8"
+
+
+@contextlib.contextmanager
+def _stdout_for(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--output json``, stdout carries only what coe-ctl writes (see ``_OwnWritesOnly``)."""
+    if getattr(args, "output", None) != "json":
+        yield
+        return
+    original = sys.stdout
+    router = _OwnWritesOnly(original, sys.stderr)
+    sys.stdout = router
+    try:
+        yield
+    finally:
+        router.flush()
+        router.active = False
+        if sys.stdout is router:
+            sys.stdout = original
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _stdout_for(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
