@@ -6,9 +6,12 @@ The spec model (coe_controller.spec) is the single source of truth; this module 
 schema into a Kubernetes *structural* schema: ``$ref`` inlined, ``Optional[X]`` as ``X`` +
 ``nullable``, free-form mappings as ``x-kubernetes-preserve-unknown-fields``, JSON-Schema-2020
 ``exclusiveMinimum: n`` as OpenAPI-3.0 ``minimum: n, exclusiveMinimum: true``, ``const`` as a
-one-value ``enum``, and no ``title``/``default`` (defaults live in the model, applied by the
-controller, so what is stored is what the user wrote). A test fails when the committed file
-differs from what this module generates.
+one-value ``enum``, no ``additionalProperties: false`` beside ``properties`` (``extra="forbid"``:
+the apiserver refuses the pair and prunes unknown fields anyway), and no ``title``/``default``
+(defaults live in the model, applied by the controller, so what is stored is what the user wrote).
+Descriptions stay, for ``kubectl explain``. A test fails when the committed file differs from what
+this module generates; tests/packaging/test_packaging_crd_apiserver.py checks it against
+kube-apiserver's CRD rules (tests/support/apiserver_crd.py).
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ def _structural(node: Any, defs: dict) -> Any:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "properties" in out and "type" not in out:
         out["type"] = "object"
+    if "properties" in out and out.get("additionalProperties") is False:
+        # pydantic's extra="forbid": kube-apiserver refuses additionalProperties beside properties
+        # ("mutual exclusive", validation.go ValidateCustomResourceDefinitionOpenAPISchema). It prunes
+        # unknown fields instead (kubectl's strict field validation reports them); the pydantic spec
+        # still forbids them wherever it parses a file (coe-ctl submit/render, the local executor).
+        del out["additionalProperties"]
     return out
 
 
