@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coe_runtime.record import published_manifest
+from coe_runtime.store import normalize_uri
 
 # Manifest meta keys that describe the step rather than summarise its run.
 _NOT_SUMMARY = ("identity", "fingerprint", "kind")
@@ -55,6 +56,7 @@ def published_summary(step: Any) -> dict[str, Any] | None:
 
 def run_step(step: Any, run: Callable[[Any], dict] | None = None) -> dict[str, Any]:
     """Run one step unless its result is published already; returns the step's summary."""
+    step = step.model_copy(update={"output": normalize_uri(step.output)})  # a plain path is a file:// URI
     done = published_summary(step)
     if done is not None:
         return done

@@ -482,7 +482,8 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         return summary
     with tempfile.TemporaryDirectory(prefix=f"steer-r{n}-") as tmp:
         write_round_outputs(Path(tmp), n, memory, result, summary)
-        publish_step(step, tmp, meta={"kind": "steer_round", "round": n})
+        scalars = {k: v for k, v in summary.items() if v is None or isinstance(v, bool | int | float | str)}
+        publish_step(step, tmp, meta={**scalars, "kind": "steer_round", "round": n})
     if console is None:
         from rich.console import Console
 

@@ -115,11 +115,14 @@ class ExperimentState:
         for v in self.steps:
             if not v.done:
                 continue
-            if v.step.kind == "train" and v.step.config.eval_file and "weighted_f1" in v.result:
-                out["dev_weighted_f1"] = v.result["weighted_f1"]
+            f1 = weighted_f1(v.result)
+            if f1 is None:
+                continue
+            if v.step.kind == "train" and v.step.config.eval_file:
+                out["dev_weighted_f1"] = f1
                 out["best"] = v.result
-            if v.step.kind == "generate" and "weighted_f1" in v.result:
-                out["test_weighted_f1"] = v.result["weighted_f1"]
+            if v.step.kind == "generate":
+                out["test_weighted_f1"] = f1
                 out["test_macro_f1"] = v.result.get("macro_f1")
                 out["test_accuracy"] = v.result.get("accuracy")
         return out

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from coe_runtime import progress
+from coe_runtime.record import publish_step
 from coe_runtime.step import load_step
-from coe_runtime.store import get_store
 
 LABELS = ["neutral", "joy", "anger"]
 
@@ -96,7 +96,7 @@ def main() -> int:
         )
     else:
         (out / "clues.json").write_text("{}")
-    get_store(cfg.output).publish(out, cfg.output)
+    publish_step(cfg, out, meta={"kind": cfg.kind, "fake": True})
     progress.report(step=name, phase="done")
     return 0
 

@@ -63,7 +63,7 @@ def test_local_planner_custom_stages(stages, expected):
 def test_local_planner_generated_clues_come_first_and_feed_prepare():
     steps = plan(_spec(clues={"source": "generate"}, stages=["erc"]))
     assert [s.name for s in steps][:2] == ["clues", "prepare"]
-    assert steps[1].config.clues == f"{STORE}/exp/clues/clues.json"
+    assert steps[1].config.clues == f"{steps[0].output}/clues.json"
     assert steps[1].needs == ("clues",)
 
 
@@ -78,26 +78,29 @@ def test_local_planner_configs_validate_as_step_configs():
         for step in plan(_spec(strategy=strategy, clues={"source": "generate"})):
             again = parse_step(step.config.model_dump(mode="json"))
             assert again == step.config
-            assert step.output == f"{STORE}/exp/{step.name}"
+            # <store>/<experiment>/<step>/<fingerprint>
+            assert step.output == f"{STORE}/exp/{step.name}/{step.config.fingerprint}"
+            assert len(step.config.fingerprint) == 16
             assert step.name == step.config.name
 
 
 def test_local_planner_adapters_chain_through_the_curriculum():
-    steps = {s.name: s.config for s in plan(_spec(), ALL_CONTINUE)}
-    out = f"{STORE}/exp"
+    planned = plan(_spec(), ALL_CONTINUE)
+    steps = {s.name: s.config for s in planned}
+    o = {s.name: s.output for s in planned}
     assert steps["roleplay"].init_adapter is None
-    assert steps["speaker-id"].init_adapter == f"{out}/roleplay/adapter"
-    assert steps["steer-r1-train"].init_adapter == f"{out}/speaker-id/adapter"
-    assert steps["steer-r1-train"].train_files == [f"{out}/prepare/memory-r0.jsonl"]
-    assert steps["steer-r2-train"].init_adapter == f"{out}/steer-r1-train/adapter"
-    assert steps["steer-r2-train"].train_files == [f"{out}/steer-r1/memory-r1.jsonl"]
-    assert steps["steer-r2"].memory == f"{out}/steer-r1/memory-r1.jsonl"
-    assert steps["steer-r2"].pool == f"{out}/steer-r1/pool-r1.jsonl"
-    assert steps["steer-r2"].adapter == f"{out}/steer-r2-train/adapter"
-    assert steps["erc"].init_adapter == f"{out}/steer-r2-train/adapter"
-    assert steps["erc"].eval_file == f"{out}/prepare/erc-dev.jsonl"
-    assert steps["test"].adapter == f"{out}/erc/adapter"
-    assert steps["test"].input_file == f"{out}/prepare/erc-test.jsonl"
+    assert steps["speaker-id"].init_adapter == f"{o['roleplay']}/adapter"
+    assert steps["steer-r1-train"].init_adapter == f"{o['speaker-id']}/adapter"
+    assert steps["steer-r1-train"].train_files == [f"{o['prepare']}/memory-r0.jsonl"]
+    assert steps["steer-r2-train"].init_adapter == f"{o['steer-r1-train']}/adapter"
+    assert steps["steer-r2-train"].train_files == [f"{o['steer-r1']}/memory-r1.jsonl"]
+    assert steps["steer-r2"].memory == f"{o['steer-r1']}/memory-r1.jsonl"
+    assert steps["steer-r2"].pool == f"{o['steer-r1']}/pool-r1.jsonl"
+    assert steps["steer-r2"].adapter == f"{o['steer-r2-train']}/adapter"
+    assert steps["erc"].init_adapter == f"{o['steer-r2-train']}/adapter"
+    assert steps["erc"].eval_file == f"{o['prepare']}/erc-dev.jsonl"
+    assert steps["test"].adapter == f"{o['erc']}/adapter"
+    assert steps["test"].input_file == f"{o['prepare']}/erc-test.jsonl"
     # Per-stage epochs: the paper's defaults.
     assert [steps[n].optim.epochs for n in ("roleplay", "speaker-id", "steer-r1-train", "erc")] == [
         2,
@@ -109,20 +112,21 @@ def test_local_planner_adapters_chain_through_the_curriculum():
 
 
 def test_local_planner_restart_from_base_restarts_each_round_from_the_entry_adapter():
-    steps = {
-        s.name: s.config for s in plan(_spec(steer={"rounds": 2, "restartFromBase": True}), ALL_CONTINUE)
-    }
-    assert steps["steer-r2-train"].init_adapter == f"{STORE}/exp/speaker-id/adapter"
-    assert steps["erc"].init_adapter == f"{STORE}/exp/steer-r2-train/adapter"
+    planned = plan(_spec(steer={"rounds": 2, "restartFromBase": True}), ALL_CONTINUE)
+    steps = {s.name: s.config for s in planned}
+    o = {s.name: s.output for s in planned}
+    assert steps["steer-r2-train"].init_adapter == f"{o['speaker-id']}/adapter"
+    assert steps["erc"].init_adapter == f"{o['steer-r2-train']}/adapter"
 
 
 def test_local_planner_mixed_stage_trains_on_auxiliary_data_and_final_memory():
-    steps = {s.name: s.config for s in plan(_spec(strategy="mixed_auxiliary"), ALL_CONTINUE)}
-    out = f"{STORE}/exp"
+    planned = plan(_spec(strategy="mixed_auxiliary"), ALL_CONTINUE)
+    steps = {s.name: s.config for s in planned}
+    o = {s.name: s.output for s in planned}
     assert steps["mixed"].train_files == [
-        f"{out}/prepare/roleplay-train.jsonl",
-        f"{out}/prepare/speaker_id-train.jsonl",
-        f"{out}/steer-r2/memory-r2.jsonl",
+        f"{o['prepare']}/roleplay-train.jsonl",
+        f"{o['prepare']}/speaker_id-train.jsonl",
+        f"{o['steer-r2']}/memory-r2.jsonl",
     ]
 
 
@@ -144,7 +148,8 @@ def test_local_planner_a_round_that_stops_ends_steer():
     names = [s.name for s in steps]
     assert "steer-r3-train" not in names and names[-2:] == ["erc", "test"]
     erc = next(s for s in steps if s.name == "erc")
-    assert erc.config.init_adapter.endswith("/steer-r2-train/adapter") and not erc.tentative
+    r2_train = next(s for s in steps if s.name == "steer-r2-train")
+    assert erc.config.init_adapter == f"{r2_train.output}/adapter" and not erc.tentative
     assert "steer-r2" in erc.needs
 
 
@@ -178,7 +183,7 @@ def test_local_planner_observe_rounds_reads_published_decisions(tmp_path):
     spec = _spec(store=f"file://{tmp_path}", steer={"rounds": 3})
     store = FileStore()
     assert observe_rounds(spec, store) == {}
-    r1 = join(spec.spec.store, "exp", "steer-r1")
+    r1 = next(s for s in plan(spec) if s.name == "steer-r1").output
     store.write_json(join(r1, "round-1.json"), {"continue": True, "accepted": 4})
     assert observe_rounds(spec, store) == {}  # not published until its manifest exists
     store.write_json(join(r1, "MANIFEST.json"), {"files": []})

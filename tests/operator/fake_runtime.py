@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from coe_runtime.record import publish_step
 from coe_runtime.step import load_step
 from coe_runtime.store import get_store
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
             (out / "metrics.json").write_text(json.dumps({"weighted_f1": 0.55, "accuracy": 0.6}))
         else:
             (out / "summary.json").write_text(json.dumps({"kind": kind}))
-        store.publish(out, step.output, meta={"fake": True})
+        publish_step(step, out, meta={"kind": step.kind, "fake": True})
     print(f"fake runtime: published {step.output}")
     return 0
 

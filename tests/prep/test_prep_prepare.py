@@ -11,6 +11,7 @@ from coe_runtime.data import read_examples
 from coe_runtime.errors import ConfigError
 from coe_runtime.prepare import run_prepare
 from coe_runtime.prompts import estimate_tokens
+from coe_runtime.record import RUN_RECORD
 from coe_runtime.step import PrepareStep
 from coe_runtime.store import MANIFEST, sha256_file
 
@@ -24,6 +25,7 @@ EXPECTED = {
     "memory-r0.jsonl",
     "pool-r0.jsonl",
     "summary.json",
+    "run-record.json",  # coe_runtime.record: versions, seeds, threads, device, fingerprint
     "reference/erc-train.json",
     "reference/erc-dev.json",
     "reference/erc-test.json",
@@ -102,7 +104,14 @@ def test_only_the_requested_tasks_are_written(tmp_path):
     out = tmp_path / "prep"
     run_prepare(demo_step(out, tasks=["erc"]), count_tokens=estimate_tokens)
     written = {p.name for p in out.iterdir() if p.is_file()}
-    assert written == {"erc-train.jsonl", "erc-dev.jsonl", "erc-test.jsonl", "summary.json", MANIFEST}
+    assert written == {
+        "erc-train.jsonl",
+        "erc-dev.jsonl",
+        "erc-test.jsonl",
+        "summary.json",
+        RUN_RECORD,
+        MANIFEST,
+    }
 
 
 def test_bundled_demo_clues_can_be_turned_off(tmp_path):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from coe_runtime import __main__ as entry
+from coe_runtime import driver
 from coe_runtime.errors import DataError, TransientStoreError
 
 
@@ -52,7 +53,7 @@ def test_exit_codes_follow_the_retry_contract(tmp_path, monkeypatch, capsys, exc
     def boom(step):
         raise exc
 
-    monkeypatch.setattr(entry, "_runner", lambda kind: boom)
+    monkeypatch.setattr(driver, "runner", lambda kind: boom)
     assert entry.main(["generate", "--config", str(_config(tmp_path))]) == code
     err = capsys.readouterr().err
     assert ("retryable" if code >= 128 else "permanent") in err

@@ -19,11 +19,13 @@ from coe_controller.spec import parse_spec
 
 from coe_runtime.answers import parse_answer
 from coe_runtime.data import read_examples
+from coe_runtime.driver import run_step
 from coe_runtime.labels import get_label_set
 from coe_runtime.prepare import run_prepare
-from coe_runtime.steer import collect_round_reports, run_steer_round
+from coe_runtime.steer import run_steer_round
 from coe_runtime.store import MANIFEST, FileStore
 from coe_runtime.train import run_train
+from tests.support.layout import output_dir
 
 pytestmark = pytest.mark.slow
 
@@ -93,14 +95,15 @@ def check_rounds(root: Path, steps: list) -> list[int]:
     """Every invariant of the published rounds; returns memory sizes [after prepare, after r1, ...]."""
     label_set = get_label_set("demo")
     by_name = {s.name: s for s in steps}
-    memory_sizes = [len(read_examples(root / "prepare" / "memory-r0.jsonl"))]
-    pool_sizes = [len(read_examples(root / "prepare" / "pool-r0.jsonl"))]
+    prepared = output_dir(by_name["prepare"])
+    memory_sizes = [len(read_examples(prepared / "memory-r0.jsonl"))]
+    pool_sizes = [len(read_examples(prepared / "pool-r0.jsonl"))]
     rounds_run = sorted(
-        int(p.name[len("steer-r") :]) for p in root.glob("steer-r[0-9]") if (p / MANIFEST).is_file()
+        s.round for s in steps if s.kind == "steer_round" and (output_dir(s) / MANIFEST).is_file()
     )
     assert rounds_run == list(range(1, len(rounds_run) + 1)) and rounds_run
     for n in rounds_run:
-        out = root / f"steer-r{n}"
+        out = output_dir(by_name[f"steer-r{n}"])
         for name in (
             f"memory-r{n}.jsonl",
             f"pool-r{n}.jsonl",
@@ -130,14 +133,12 @@ def check_rounds(root: Path, steps: list) -> list[int]:
         train = by_name[f"steer-r{n}-train"].config
         expected_input = "memory-r0.jsonl" if n == 1 else f"memory-r{n - 1}.jsonl"
         assert [Path(f).name for f in train.train_files] == [expected_input]
-        resolved = json.loads((root / f"steer-r{n}-train" / "resolved-config.json").read_text())
+        trained = output_dir(by_name[f"steer-r{n}-train"])
+        resolved = json.loads((trained / "resolved-config.json").read_text())
         assert resolved["summary"]["examples"] == memory_sizes[-2]
         total = math.ceil(memory_sizes[-2] / BATCH) * EPOCHS
         assert resolved["summary"]["optimizer_steps"] == total
-        log = [
-            json.loads(line)
-            for line in (root / f"steer-r{n}-train" / "train-log.jsonl").read_text().splitlines()
-        ]
+        log = [json.loads(line) for line in (trained / "train-log.jsonl").read_text().splitlines()]
         assert log[-1]["step"] == total
         # The LR used for optimizer step s follows linear warm-up (10 %) then linear decay over
         # exactly this round's steps: a schedule sized for the seeds alone would not match.
@@ -147,7 +148,8 @@ def check_rounds(root: Path, steps: list) -> list[int]:
             factor = k / warmup if k < warmup else max(0.0, (total - k) / (total - warmup))
             assert row["learning_rate"] == pytest.approx(LR * factor), (n, row)
 
-    last = json.loads((root / f"steer-r{rounds_run[-1]}" / f"round-{rounds_run[-1]}.json").read_text())
+    last_dir = output_dir(by_name[f"steer-r{rounds_run[-1]}"])
+    last = json.loads((last_dir / f"round-{rounds_run[-1]}.json").read_text())
     assert last["continue"] is False
     if len(rounds_run) < ROUNDS:
         assert last["stop_reason"] in ("pool_empty", "few_accepted")
@@ -162,16 +164,27 @@ def test_three_rounds_with_the_tiny_model(tmp_path, capsys):
     sizes = check_rounds(root, steps)
     assert len(sizes) == ROUNDS + 1  # nothing stops a random model's run early (min_accepted 0)
     assert "STEeR rounds" in capsys.readouterr().out
-    reports = collect_round_reports(f"file://{root}")
+    last = next(s for s in steps if s.name == f"steer-r{ROUNDS}")
+    assert last.config.previous_rounds == [output_dir_uri(s) for s in steps if s.kind == "steer_round"][:-1]
+    reports = [
+        json.loads((output_dir(s) / f"round-{s.round}.json").read_text())
+        for s in steps
+        if s.kind == "steer_round"
+    ]
     assert [r["round"] for r in reports] == list(range(1, ROUNDS + 1))
     assert [r["memory_size"] for r in reports] == sizes[1:]
 
-    # A finished round is never redone: its outputs stay byte-identical and no generation runs.
-    final = root / f"steer-r{ROUNDS}"
+    # A finished round is never redone (the step driver skips its fingerprint): its outputs stay
+    # byte-identical and no generation runs.
+    final = output_dir(last)
     before = {p.name: p.read_bytes() for p in final.iterdir()}
-    again = run_steer_round(next(s for s in steps if s.name == f"steer-r{ROUNDS}").config, generator=object())
+    again = run_step(last.config, run=lambda cfg: run_steer_round(cfg, generator=object()))
     assert again["skipped"] is True
     assert {p.name: p.read_bytes() for p in final.iterdir()} == before
+
+
+def output_dir_uri(step) -> str:
+    return step.output
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from coe_runtime.data import Example, read_examples, write_examples
+from coe_runtime.driver import run_step
 from coe_runtime.errors import DataError
 from coe_runtime.labels import get_label_set
 from coe_runtime.prompts import ANSWER_HEADER
@@ -128,7 +129,7 @@ def test_round_publishes_every_artifact_and_is_never_redone(round_inputs, capsys
 
     before = (out_dir / MANIFEST).read_bytes()
     again = ScriptedGenerator({})
-    rerun = run_steer_round(step, generator=again)
+    rerun = run_step(step, run=lambda cfg: run_steer_round(cfg, generator=again))  # the step driver skips it
     assert again.calls == [] and rerun["skipped"] is True and rerun["accepted"] == 4
     assert (out_dir / MANIFEST).read_bytes() == before
 

@@ -1,0 +1,131 @@
+"""Step identity: fingerprints follow what went into a step, and the experiment state says what is stale."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from coe_controller.planner import plan
+from coe_controller.spec import parse_spec
+from coe_controller.state import DONE, READY, TENTATIVE, WAITING, observe
+
+from coe_runtime.fingerprint import changed_fields, fingerprint_of, identity
+from coe_runtime.record import RUN_RECORD, publish_step
+from coe_runtime.store import MANIFEST, FileStore
+
+ALL_CONTINUE = {1: {"continue": True}, 2: {"continue": True}}
+
+
+def _spec(name="exp", store="s3://bucket/runs", **spec):
+    spec.setdefault("store", store)
+    spec.setdefault("steer", {"rounds": 2})
+    return parse_spec(
+        {"apiVersion": "coe.ml/v1alpha1", "kind": "CoEExperiment", "metadata": {"name": name}, "spec": spec}
+    )
+
+
+def _fps(spec, rounds=ALL_CONTINUE) -> dict[str, str]:
+    return {s.name: s.config.fingerprint for s in plan(spec, rounds)}
+
+
+def test_an_unchanged_spec_keeps_every_fingerprint():
+    assert _fps(_spec()) == _fps(_spec())
+
+
+def test_the_erc_epochs_change_erc_and_what_follows_it_only():
+    before, after = _fps(_spec()), _fps(_spec(training={"erc": {"epochs": 3}}))
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"erc", "test"}
+
+
+def test_the_history_window_changes_prepare_and_everything_downstream():
+    before = _fps(_spec())
+    after = _fps(_spec(dataset={"format": "demo", "labelSet": {"name": "demo"}, "historyWindow": 3}))
+    assert all(before[n] != after[n] for n in before)
+
+
+def test_a_steer_setting_leaves_the_auxiliary_stages_alone():
+    before, after = _fps(_spec()), _fps(_spec(training={"steer": {"epochs": 3}}))
+    assert [n for n in before if before[n] == after[n]] == ["prepare", "roleplay", "speaker-id"]
+
+
+def test_moving_the_store_or_renaming_the_experiment_keeps_the_identities():
+    assert _fps(_spec()) == _fps(_spec(name="other", store="file:///elsewhere"))
+
+
+def test_the_output_ends_in_the_fingerprint_and_the_fingerprint_covers_the_config():
+    for step in plan(_spec(), ALL_CONTINUE):
+        ident = identity(step.config, "s3://bucket/runs/exp")
+        assert fingerprint_of(ident) == step.config.fingerprint
+        assert step.output.endswith("/" + step.config.fingerprint)
+        assert "output" not in ident["step"] and "fingerprint" not in ident["step"]
+        assert "s3://bucket/runs/exp" not in json.dumps(ident)  # inputs are relative to the experiment
+
+
+def test_changed_fields_names_every_path():
+    a = {"step": {"optim": {"epochs": 2, "seed": 1}, "files": ["x", "y"]}}
+    b = {"step": {"optim": {"epochs": 3, "seed": 1}, "files": ["x", "z"], "new": 1}}
+    assert changed_fields(a, b) == ["step.files[1]", "step.new", "step.optim.epochs"]
+    assert changed_fields(a, a) == []
+
+
+def _publish(step, root_files: dict[str, object] | None = None, tmp=None):
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, doc in (root_files or {}).items():
+        (tmp / name).write_text(json.dumps(doc))
+    (tmp / "out.txt").write_text(step.name)
+    publish_step(step.config, tmp, meta={"kind": step.kind})
+
+
+def test_the_state_reuses_marks_stale_and_explains(tmp_path):
+    store_uri = f"file://{tmp_path}/store"
+    spec = _spec(store=store_uri, strategy="auxiliary_only")
+    steps = plan(spec)
+    for i, step in enumerate(steps):
+        files = {"metrics.json": {"weighted_f1": 50.0}} if step.kind == "generate" else {}
+        if step.name == "erc":
+            files = {"best.json": {"epoch": 1, "weighted_f1": 40.0}}
+        _publish(step, files, tmp_path / f"w{i}")
+    first = observe(spec, FileStore())
+    assert first.finished and not first.holds_earlier_results
+    assert first.metrics()["test_weighted_f1"] == 50.0 and first.metrics()["dev_weighted_f1"] == 40.0
+    record = json.loads((tmp_path / "store/exp/test" / steps[-1].config.fingerprint / RUN_RECORD).read_text())
+    assert record["fingerprint"] == steps[-1].config.fingerprint and "torch_threads" in record
+
+    edited = _spec(store=store_uri, strategy="auxiliary_only", training={"erc": {"epochs": 3}})
+    state = observe(edited, FileStore())
+    by = {v.name: v for v in state.steps}
+    assert [by[n].state for n in ("prepare", "roleplay", "speaker-id")] == [DONE] * 3
+    assert by["erc"].state == READY and by["test"].state == WAITING
+    assert by["erc"].changes == ["optim.epochs: 20.0 -> 3.0"]
+    assert by["test"].changes == ["adapter: from a new erc"]
+    assert [v.name for v in state.stale] == ["erc", "test"]
+    assert state.holds_earlier_results and not state.finished
+    assert state.next_step().name == "erc"
+    assert state.metrics() == {}  # the current spec has no results yet: the old ones are not shown as its
+    # The old results are still there, under their own fingerprints.
+    old_erc = tmp_path / "store/exp/erc" / steps[[s.name for s in steps].index("erc")].config.fingerprint
+    assert (old_erc / MANIFEST).is_file() and (old_erc / "best.json").is_file()
+
+
+def test_a_folder_whose_manifest_names_another_fingerprint_is_not_done(tmp_path):
+    spec = _spec(store=f"file://{tmp_path}/store", strategy="auxiliary_only")
+    prepare = plan(spec)[0]
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "f").write_text("x")
+    FileStore().publish(work, prepare.output, meta={"fingerprint": "0" * 16})
+    assert observe(spec, FileStore()).steps[0].state == READY
+
+
+def test_steps_after_an_undecided_round_are_tentative(tmp_path):
+    spec = _spec(store=f"file://{tmp_path}/store")
+    states = {v.name: v.state for v in observe(spec, FileStore()).steps}
+    assert states["prepare"] == READY and states["erc"] == TENTATIVE
+
+
+def test_a_spec_without_spec_is_refused():
+    from coe_runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="spec"):
+        parse_spec({"apiVersion": "coe.ml/v1alpha1", "kind": "CoEExperiment", "metadata": {"name": "x"}})
