@@ -13,37 +13,16 @@ import os
 import sys
 import traceback
 
-from coe_runtime.errors import EXIT_PERMANENT, EXIT_RETRYABLE, CoEError
+# One classification of exceptions into exit codes, shared with the pod launcher (coe_controller.launch).
+from coe_runtime.errors import (  # noqa: F401 - EXIT_PREEMPTED, is_transient: part of this module's API
+    EXIT_BUG,
+    EXIT_PERMANENT,
+    EXIT_PREEMPTED,
+    CoEError,
+    exit_code_for,
+    is_transient,
+)
 from coe_runtime.step import STEP_KINDS, load_step
-
-EXIT_BUG = 1  # an unexpected exception: a defect, reported with its traceback
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: the pod was stopped; retrying resumes from the checkpoint
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Network/storage trouble that a restarted pod may not meet again."""
-    if isinstance(exc, CoEError):
-        return exc.exit_code >= 128
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
-    except ImportError:
-        return False
-    return isinstance(exc, BotoConnectionError | EndpointConnectionError | ReadTimeoutError)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, CoEError):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_PREEMPTED
-    if is_transient(exc):
-        return EXIT_RETRYABLE
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
-        return EXIT_PERMANENT  # a path in the config that is wrong: retrying cannot help
-    return EXIT_BUG
 
 
 def _describe(exc: BaseException) -> str:
