@@ -1,4 +1,9 @@
-"""Shared fixtures: real-data location, one torch thread, a shared artifact cache."""
+"""Shared fixtures: real-data location, one torch thread, the artifact cache.
+
+The artifact cache (``$COE_CACHE_DIR``: built models, downloads, train work folders) defaults to
+``.cache/coe-test`` in the repository; a fresh clone (CI) starts with it empty, and nothing in the
+suite relies on what an earlier run left there: ``COE_CACHE_DIR=$(mktemp -d) make test`` checks it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.support.shared import need_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,20 +32,21 @@ def pytest_configure(config):
         pass
 
 
-def real_data_dir() -> Path | None:
-    """``$COE_DATA_DIR`` or ``../shared/data`` beside the repository, if present."""
-    env = os.environ.get("COE_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for c in candidates:
-        if (c / "meld").is_dir() or (c / "emorynlp").is_dir():
-            return c
-    return None
-
-
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    d = real_data_dir()
-    if d is None:
-        pytest.skip("real MELD/EmoryNLP files not found: set $COE_DATA_DIR or place them in ../shared/data")
-    return d
+    """The real MELD/EmoryNLP folder (``$COE_DATA_DIR`` or ../shared/data), or skip (tests/support/shared.py)."""
+    return need_data()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(config, items):
+    # A test that reads the real data is a `realdata` test, whether or not it says so:
+    # `-m "not realdata"` deselects it, and it skips with the one shared reason.
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()) and item.get_closest_marker("realdata") is None:
+            item.add_marker(pytest.mark.realdata)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("realdata") is not None:
+        need_data()

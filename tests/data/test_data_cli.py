@@ -13,6 +13,7 @@ from coe_runtime.labels import get_label_set
 from coe_runtime.prompts import erc_target, required_length
 from coe_runtime.readers import read_file
 from coe_runtime.tasks import build_examples
+from tests.support.shared import need_shared
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -170,10 +171,10 @@ def test_check_bad_input_exit_2(tmp_path, capsys, argv, message):
     assert message in err and err.count("\n") == 1  # one line, no traceback
 
 
+@pytest.mark.realdata
 def test_check_real_meld(data_dir, capsys):
-    if not (data_dir / "meld").is_dir():
-        pytest.skip(f"no meld folder in {data_dir}")
-    report = check_json(capsys, str(data_dir / "meld"), "--format", "meld", "--label-naming", "coe")
+    meld = need_shared(data_dir / "meld")
+    report = check_json(capsys, str(meld), "--format", "meld", "--label-naming", "coe")
     train = report["splits"]["train"]
     assert (train["dialogues"], train["utterances"], train["labels"]["joy"]) == (1038, 9989, 1743)
     assert train["prompt_tokens"]["over_max_length"] == 0 and report["problems"] == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coe_runtime.readers import ReadNotes, find_split_files, read_file
+from tests.support.shared import need_shared
 
 pytestmark = pytest.mark.realdata
 
@@ -58,10 +59,7 @@ EXPECTED = {
 
 def need(data_dir: Path, rel: str) -> Path:
     """The file, or skip: a data folder may hold only some of the benchmarks."""
-    path = data_dir / rel
-    if not path.exists():
-        pytest.skip(f"{rel} not in {data_dir}")
-    return path
+    return need_shared(data_dir / rel)
 
 
 def _format_of(rel: str) -> str:

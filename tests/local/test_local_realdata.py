@@ -10,14 +10,13 @@ from coe_controller.local import completed_executions, read_attempts
 from coe_controller.spec import load_spec
 
 from tests.local.local_support import run_coe_ctl
+from tests.support.shared import need_shared
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def test_local_run_on_a_few_meld_dialogues(tmp_path, data_dir):
-    meld = data_dir / "meld"
-    if not (meld / "train_sent_emo.csv").is_file():
-        pytest.skip("MELD CSVs not in the data folder")
+    meld = need_shared(data_dir / "meld" / "train_sent_emo.csv").parent
     doc = {
         "apiVersion": "coe.ml/v1alpha1",
         "kind": "CoEExperiment",

@@ -17,18 +17,17 @@ from coe_controller import crd
 
 from tests.operator.harness import ControllerProcess, TrainingOperator, wait_for
 from tests.support.kmock_api import KubeAPI
+from tests.support.shared import SHARED, need_shared
 
 pytestmark = pytest.mark.k8s
 
 REPO = Path(__file__).resolve().parents[2]
-PYTORCHJOB_CRD = REPO.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
+PYTORCHJOB_CRD = SHARED / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 NS = "coe-test"
 
 
 def pytorchjob_schema() -> dict:
-    if not PYTORCHJOB_CRD.is_file():
-        pytest.skip(f"{PYTORCHJOB_CRD} not found")
-    doc = yaml.safe_load(PYTORCHJOB_CRD.read_text())
+    doc = yaml.safe_load(need_shared(PYTORCHJOB_CRD).read_text())
     return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 

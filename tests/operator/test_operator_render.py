@@ -13,8 +13,10 @@ import yaml
 from coe_controller import crd, rbac, render
 from coe_controller.cli_cluster import render_spec
 
+from tests.support.shared import SHARED, need_shared
+
 REPO = Path(__file__).resolve().parents[2]
-PYTORCHJOB_CRD = REPO.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
+PYTORCHJOB_CRD = SHARED / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
 
 
@@ -94,10 +96,9 @@ def test_rendered_jobs_validate_and_carry_the_cluster_settings(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(doc))
     objs = render_spec(str(path), "ml")
+    upstream = yaml.safe_load(need_shared(PYTORCHJOB_CRD).read_text())
     validator = jsonschema.Draft4Validator(
-        crd.to_jsonschema(
-            yaml.safe_load(PYTORCHJOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        )
+        crd.to_jsonschema(upstream["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     )
     jobs = [o for o in objs if o["kind"] == "PyTorchJob"]
     assert jobs and len(objs) == 2 * len(jobs)

@@ -7,6 +7,7 @@ import pytest
 from coe_runtime.labels import get_label_set
 from coe_runtime.readers import find_split_files, read_file
 from coe_runtime.seeds import load_seeds
+from tests.support.shared import need_shared
 
 DATASETS = {"meld": ("meld", "meld"), "emorynlp": ("emorynlp", "emorynlp")}  # label set -> (folder, format)
 
@@ -25,8 +26,7 @@ def test_bundled_seeds_cover_every_label(label_set_name):
 @pytest.mark.parametrize("label_set_name", sorted(DATASETS))
 def test_every_seed_is_a_real_training_utterance_with_that_label(data_dir, label_set_name):
     folder, fmt = DATASETS[label_set_name]
-    if not (data_dir / folder).is_dir():
-        pytest.skip(f"{data_dir / folder} not present")
+    need_shared(data_dir / folder)
     train = find_split_files(data_dir / folder, fmt)["train"]
     gold = {u.uid: u.label for d in read_file(train, fmt, "train", label_set_name) for u in d.utterances}
     for s in load_seeds(label_set_name):
