@@ -1,6 +1,7 @@
 # Two entry points (see README):
 #   make demo  — set up a virtualenv and run the CoE quick start on this machine
 #   make test  — set up everything the tests need (S3 server, helm, K8s API emulator) and run them
+#   make test-fast — the same without the slow end-to-end tests (those that train a model: -m slow)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ PIP    := $(BIN)/python -m pip
 # CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint format setup setup-test clean images
+.PHONY: demo test test-fast lint format setup setup-test clean images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,11 @@ format: setup-test
 
 test: setup-test lint
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (they train a model or run a whole curriculum); `make test`
+# (what .ci/run calls) stays the full suite.
+test-fast: setup-test lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache coe-runs
