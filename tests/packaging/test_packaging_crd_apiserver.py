@@ -18,9 +18,10 @@ import yaml
 
 from tests.support import apiserver_crd
 from tests.support.apiserver_crd import RULES, unknown_fields, validate_crd
+from tests.support.shared import SHARED, skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_K8S = REPO.parent / "shared" / "k8s"
+SHARED_K8S = SHARED / "k8s"
 SHIPPED = sorted((REPO / "manifests" / "crd").glob("*.yaml")) + sorted(
     (REPO / "charts" / "coe-controller" / "crds").glob("*.yaml")
 )
@@ -405,7 +406,7 @@ def _upstream_crds() -> list[Path]:
 UPSTREAM = _upstream_crds()
 
 
-@pytest.mark.skipif(not UPSTREAM, reason=f"{SHARED_K8S} (real upstream CRDs) not found")
+@pytest.mark.skipif(not UPSTREAM, reason=skip_reason(SHARED_K8S))
 @pytest.mark.parametrize("path", UPSTREAM, ids=[p.name for p in UPSTREAM])
 def test_real_upstream_crds_pass(path: Path):
     """PyTorchJob and the Trainer v2 CRDs are served by real clusters: the checker must accept them."""
