@@ -12,6 +12,11 @@ cause a wrong action, and a restarted controller simply continues.
 Leader election uses a ``coordination.k8s.io/v1`` Lease updated with optimistic concurrency (the
 ``resourceVersion`` of what we read): a replica acts only while it holds an unexpired lease, and
 renews it before every pass, so two replicas never both act.
+
+SIGTERM (a rollout, a node drain; the controller is its container's PID 1, which without a handler
+ignores it until the SIGKILL at the end of the grace period) and SIGINT stop the loop: the experiment
+being reconciled is finished, the rest of the pass is skipped, the lease is released so that another
+replica takes over at once, and the process exits 0. A second signal abandons the pass at once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -135,6 +141,54 @@ class LeaderElector:
         self.valid_until = 0.0
         return False
 
+    def release(self, now: float | None = None) -> bool:
+        """Give the lease up so that another replica can take over at once instead of waiting for it
+        to expire, as client-go's ``ReleaseOnCancel`` does (k8s.io/client-go/tools/leaderelection/
+        leaderelection.go, ``release()``: it writes the record with an empty holderIdentity,
+        leaseDurationSeconds 1, acquire/renew time now, and the transition count kept). Only while we
+        hold it; the caller must have stopped acting first. True when nothing of ours is left held."""
+        if not self.valid_until:
+            return True  # we never held it, or lost it already
+        self.valid_until = 0.0  # from here on we do not act
+        now = time.time() if now is None else now
+        for _attempt in range(2):  # a 409: our read was stale; read again once
+            try:
+                lease = self.kube.get_lease(self.namespace, self.name)
+            except NotFound:
+                return True
+            except KubeError as e:
+                log.warning("leader election: cannot read lease to release it: %s", e)
+                return False
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != self.identity:
+                return True  # another replica holds it already
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": self.name,
+                    "namespace": self.namespace,
+                    "resourceVersion": (lease.get("metadata") or {}).get("resourceVersion"),
+                },
+                "spec": {
+                    "holderIdentity": "",
+                    "leaseDurationSeconds": 1,
+                    "acquireTime": _micro(now),
+                    "renewTime": _micro(now),
+                    "leaseTransitions": int(spec.get("leaseTransitions") or 0),
+                },
+            }
+            try:
+                self.kube.replace_lease(self.namespace, self.name, body)
+            except Conflict:
+                continue
+            except KubeError as e:
+                log.warning("leader election: cannot release lease: %s", e)
+                return False
+            log.info("leader election: %s released the lease", self.identity)
+            return True
+        return False
+
 
 class Health:
     """Liveness: the loop made progress recently. Readiness: the last pass reached the API server."""
@@ -220,6 +274,8 @@ class Operator:
             return 2.0
         next_in = self.resync_s
         for obj in experiments:
+            if self.stop.is_set():
+                break  # shutting down: the rest of the pass is the next leader's (or the next start's)
             if self.elector is not None and not self.elector.is_leader(time.time()):
                 break  # lease about to lapse: stop acting before another replica may start
             key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
@@ -256,7 +312,40 @@ class Operator:
                 delay = min(delay * 2, 30.0)
             self.wake.set()
 
+    # -- stopping ---------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Leave the loop after the experiment being reconciled (no new pass starts)."""
+        self.stop.set()
+        self.wake.set()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt  # a second signal: abandon the pass now (run() still releases)
+        log.info("controller %s: %s, stopping", self.identity, signal.Signals(signum).name)
+        # Event.set() takes the lock that the interrupted main thread may be holding inside
+        # Event.wait(): set the events from another thread, never from the handler itself.
+        threading.Thread(target=self.request_stop, name="stop", daemon=True).start()
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signal handlers live in the main thread; the caller stops us (request_stop)
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _release(self, timeout_s: float = 5.0) -> None:
+        """Release the lease (leader election on), with a short API timeout: we are on our way out."""
+        if self.elector is None:
+            return
+        old = getattr(self.kube, "timeout", None)
+        if old is not None:
+            self.kube.timeout = min(old, timeout_s)
+        try:
+            self.elector.release()
+        finally:
+            if old is not None:
+                self.kube.timeout = old
+
     def run(self, health_port: int | None = None) -> None:
+        previous = self._install_signal_handlers()
         server = self.health.serve(health_port) if health_port else None
         for what in ("experiments", "jobs"):
             threading.Thread(target=self._watch, args=(what,), name=f"watch-{what}", daemon=True).start()
@@ -274,5 +363,12 @@ class Operator:
                 self.wake.wait(wait)
                 self.stop.wait(0.2)
         finally:
-            if server is not None:
-                server.shutdown()
+            self.stop.set()  # the watch threads end too
+            try:
+                self._release()  # no pass runs any more: another replica may act at once
+            finally:
+                if server is not None:
+                    server.shutdown()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            log.info("controller %s stopped", self.identity)
