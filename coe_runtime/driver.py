@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +56,26 @@ def published_summary(step: Any) -> dict[str, Any] | None:
     return {**{k: v for k, v in meta.items() if k not in _NOT_SUMMARY}, "skipped": True}
 
 
+def set_torch_threads(n: int) -> None:
+    """Fix torch's intra-op thread count for this process (0: leave torch's default).
+
+    Set before torch is imported (OMP/MKL read it then) and again on torch itself if it is loaded:
+    CPU results differ between thread counts, so the count is part of the step's identity.
+    """
+    if n <= 0:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
 def run_step(step: Any, run: Callable[[Any], dict] | None = None) -> dict[str, Any]:
     """Run one step unless its result is published already; returns the step's summary."""
     step = step.model_copy(update={"output": normalize_uri(step.output)})  # a plain path is a file:// URI
     done = published_summary(step)
     if done is not None:
         return done
+    set_torch_threads(step.distributed.torch_threads)
     return (run or runner(step.kind))(step)

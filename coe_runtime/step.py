@@ -69,6 +69,9 @@ class DistributedSettings(_Model):
     nnodes: int = Field(1, ge=1)
     # A DeepSpeed JSON config: a bundled name ("zero2", "zero3"), a path/URI, or an inline dict.
     deepspeed: str | dict[str, Any] | None = None
+    # torch intra-op threads per process; 0 = torch's default. Part of the identity: on CPU the
+    # figures depend on it (the order of float sums changes with the thread count).
+    torch_threads: int = Field(1, ge=0)
 
 
 class LabelSetRef(_Model):

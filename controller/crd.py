@@ -122,6 +122,7 @@ def status_schema() -> dict:
             "reason": {"type": "string"},
             "message": {"type": "string"},
             "output": {"type": "string"},
+            "fingerprint": {"type": "string"},
             "metrics": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
     }

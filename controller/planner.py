@@ -135,7 +135,10 @@ class _Planner:
     def distributed(self, res: ResourcesSpec, training: bool) -> rt.DistributedSettings:
         deepspeed = (res.deepspeed_inline or res.deepspeed) if training else None
         return rt.DistributedSettings(
-            nproc_per_node=res.procs_per_node, nnodes=res.nodes, deepspeed=deepspeed
+            nproc_per_node=res.procs_per_node,
+            nnodes=res.nodes,
+            deepspeed=deepspeed,
+            torch_threads=res.threads_per_process,
         )
 
     def optim(self, stage: str) -> rt.OptimSettings:

@@ -207,6 +207,29 @@ def summarize_metrics(doc: dict | None) -> dict:
     return out
 
 
+def is_final(status: dict, generation: int) -> bool:
+    """Whether a status is a finished record for this generation of the spec (nothing more to do)."""
+    phase = status.get("phase")
+    if phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or status.get("reason") == "InvalidSpec":
+        return False
+    return int(status.get("observedGeneration") or generation) >= generation
+
+
+def _fingerprint(step: Any) -> str:
+    config = getattr(step, "config", None)
+    return getattr(config, "fingerprint", "") or ""
+
+
+def jobs_of_step(by_step: dict[str, list[dict]], step: Any) -> list[dict]:
+    """The jobs that ran *this* step identity: a job of an earlier spec's version of the step (another
+    fingerprint) says nothing about this one."""
+    fp = _fingerprint(step)
+    jobs = by_step.get(render.label_value(step.name), [])
+    return [
+        j for j in jobs if (j.get("metadata", {}).get("labels") or {}).get(render.LABEL_FINGERPRINT, "") == fp
+    ]
+
+
 # -- the decision ------------------------------------------------------------------------------------
 @dataclass
 class _StepView:
@@ -214,6 +237,7 @@ class _StepView:
     kind: str
     output: str
     state: StepState
+    fingerprint: str = ""
     attempts: int = 0
     job_name: str | None = None
     start: str | None = None
@@ -240,6 +264,8 @@ class _StepView:
                 rec[key] = val
         if self.metrics:
             rec["metrics"] = self.metrics
+        if self.fingerprint:
+            rec["fingerprint"] = self.fingerprint
         rec["output"] = self.output
         return rec
 
@@ -292,12 +318,13 @@ def decide(
     meta = experiment.get("metadata", {})
     gen = int(meta.get("generation") or 1)
     old = experiment.get("status") or {}
-    old_phase = old.get("phase") or Phase.PENDING.value
     old_conditions = old.get("conditions") or []
     old_steps = {s.get("name"): s for s in old.get("steps") or []}
 
-    # Terminal phases stay terminal: a finished experiment is a record, not a request.
-    if old_phase in (Phase.SUCCEEDED.value, Phase.FAILED.value) and old.get("reason") != "InvalidSpec":
+    # Terminal phases stay terminal for the generation that reached them: a finished experiment is a
+    # record, not a request. An edited spec (a new generation) is a new request: it is planned again,
+    # and the steps whose fingerprints did not change are reused from the store.
+    if is_final(old, gen):
         return []
 
     by_step = jobs_by_step(observed_jobs)
@@ -312,8 +339,10 @@ def decide(
         requeue = after if requeue is None else min(requeue, after)
 
     for step in plan:
-        jobs = by_step.get(render.label_value(step.name), [])
-        v = _StepView(step.name, step.kind, step.output, StepState.WAITING, attempts=len(jobs))
+        jobs = jobs_of_step(by_step, step)
+        v = _StepView(
+            step.name, step.kind, step.output, StepState.WAITING, _fingerprint(step), attempts=len(jobs)
+        )
         if jobs:
             last = jobs[-1]
             st = state_of(last)
@@ -333,7 +362,7 @@ def decide(
                 v.attempts = 1
                 v.start = iso(now)
                 creates.append(CreateJob(step.name, 1))
-                v.job_name = render.job_name(meta.get("name", ""), step.name, 1)
+                v.job_name = render.job_name(meta.get("name", ""), step.name, 1, _fingerprint(step))
         else:
             attempt = job_attempt(jobs[-1])
             st = state_of(jobs[-1])
@@ -371,7 +400,9 @@ def decide(
                         creates.append(CreateJob(step.name, attempt + 1))
                         v.state = StepState.STARTING
                         v.attempts = len(jobs) + 1
-                        v.job_name = render.job_name(meta.get("name", ""), step.name, attempt + 1)
+                        v.job_name = render.job_name(
+                            meta.get("name", ""), step.name, attempt + 1, _fingerprint(step)
+                        )
                         v.finish = None
                     else:
                         v.state = StepState.BACKOFF
@@ -519,25 +550,6 @@ def invalid_spec_status(experiment: dict, message: str, now: float) -> dict:
 
 
 # -- I/O: observe, decide, act ------------------------------------------------------------------------
-METRICS_FILES = ("best.json", "metrics.json")  # erc (best dev epoch), test (test metrics)
-
-
-def _step_metrics(store, step, manifest: dict) -> dict:
-    names = {f.get("path") for f in manifest.get("files") or []}
-    candidates = [*METRICS_FILES]
-    if step.kind == "steer_round":
-        candidates.insert(0, f"round-{_round_of(step.name)}.json")
-    for fname in candidates:
-        if fname in names:
-            from coe_runtime.store import join
-
-            try:
-                return summarize_metrics(store.read_json(join(step.output, fname)))
-            except (ValueError, OSError) as e:
-                log.warning("%s/%s: unreadable metrics (%s)", step.output, fname, e)
-    return {}
-
-
 def owned_by(obj: dict, uid: str | None) -> bool:
     refs = obj.get("metadata", {}).get("ownerReferences") or []
     return uid is None or any(r.get("uid") == uid for r in refs)
@@ -556,31 +568,27 @@ def parse_experiment(obj: dict):
 def observe(obj: dict):
     """Read the spec, plan and store state of one experiment: (spec, plan, published, metrics).
 
-    STEeR decisions are read before the published set: a plan is built from decisions at least as
-    old as the manifests seen, and the steps after an undecided round stay tentative (never started),
-    so a round published between the two reads cannot make the experiment look finished early.
+    Through coe_controller.state, as every other view: a step is published when its fingerprint's
+    manifest is in the store. STEeR decisions are read before the published set: a plan is built from
+    decisions at least as old as the manifests seen, and the steps after an undecided round stay
+    tentative (never started), so a round published between the two reads cannot make the
+    experiment look finished early. Results already in the status are not read again.
     """
-    from coe_controller.planner import observe_rounds, plan
-
-    from coe_runtime.store import get_store
+    from coe_controller.state import derive, read_store
 
     spec = parse_experiment(obj)
-    store = get_store(spec.spec.store)
-    steps = plan(spec, observe_rounds(spec, store))
     old_steps = {s.get("name"): s for s in (obj.get("status") or {}).get("steps") or []}
-    published: set[str] = set()
-    metrics: dict[str, dict] = {}
-    for step in steps:
-        manifest = store.manifest(step.output)
-        if manifest is None:
-            continue
-        published.add(step.name)
-        cached = old_steps.get(step.name, {})
-        if cached.get("state") == StepState.SUCCEEDED.value and "metrics" in cached:
-            metrics[step.name] = cached["metrics"]
-        else:
-            metrics[step.name] = _step_metrics(store, step, manifest)
-    return spec, steps, published, metrics
+    known = {  # only for the same identity: an edited step's old figures are not the new step's
+        name: s["metrics"]
+        for name, s in old_steps.items()
+        if s.get("state") == StepState.SUCCEEDED.value and "metrics" in s and s.get("fingerprint")
+    }
+    facts = read_store(
+        spec, earlier=False, known=known, known_fingerprints={n: old_steps[n]["fingerprint"] for n in known}
+    )
+    state = derive(spec, facts)
+    metrics = {v.name: summarize_metrics(v.result) for v in state.steps if v.done}
+    return spec, state.plan, state.published, metrics
 
 
 def event_body(obj: dict, ev: EmitEvent, now: float, component: str = "coe-controller") -> dict:
@@ -639,6 +647,16 @@ def reconcile(
     try:
         spec, steps, published, metrics = observe(obj)
     except ConfigError as e:
+        gen = int(meta.get("generation") or 1)
+        if old_status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value) and (
+            old_status.get("reason") != "InvalidSpec"
+        ):
+            # A finished experiment stays what it was: an edit the CRD accepts but the spec rejects
+            # is reported (once per generation), never turned into a failure of the finished run.
+            if int(old_status.get("observedGeneration") or 0) < gen:
+                _emit(kube, obj, EmitEvent("Warning", "InvalidSpecIgnored", f"edit not applied: {e}"), now)
+                kube.patch_experiment_status(ns, name, {"observedGeneration": gen})
+            return None
         status = invalid_spec_status(obj, str(e), now)
         if status != old_status:
             if old_status.get("reason") != "InvalidSpec":
@@ -701,7 +719,8 @@ def observe_exit_codes(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_ren
     Only while the experiment is live: a finished one is a record. Pods that cannot be read leave the
     code unknown, which retries as before.
     """
-    if (obj.get("status") or {}).get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value):
+    status = obj.get("status") or {}
+    if is_final(status, int(obj.get("metadata", {}).get("generation") or 1)):
         return {}
     codes: dict[str, int] = {}
     for step_jobs in jobs_by_step(jobs).values():

@@ -42,6 +42,7 @@ LABEL_EXPERIMENT = "coe.ml/experiment"
 LABEL_STEP = "coe.ml/step"
 LABEL_ATTEMPT = "coe.ml/attempt"
 LABEL_JOB = "coe.ml/job"
+LABEL_FINGERPRINT = "coe.ml/fingerprint"  # the step identity a job runs (coe_runtime.fingerprint)
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "coe-controller"
 
@@ -73,12 +74,28 @@ def label_value(text: str) -> str:
     return clean[:54].rstrip("-_.") + "-" + digest
 
 
-def job_name(experiment: str, step: str, attempt: int) -> str:
-    return dns1035(f"{experiment}-{step}-a{attempt}")
+# The Training Operator names each replica's pod and Service ``<job>-<replica type>-<index>``
+# (kubeflow/training-operator release-1.9, pkg/core GenGeneralName: jobName-lower(rtype)-index), and
+# both must be DNS-1035 labels of at most 63 characters. Leave room for "-worker-" + 3 digits.
+REPLICA_SUFFIX_MAX = len("-worker-999")
+JOB_NAME_MAX = _DNS1035_MAX - REPLICA_SUFFIX_MAX
 
 
-def config_map_name(experiment: str, step: str) -> str:
-    return dns1035(f"{experiment}-{step}-config")
+def _name_with_suffix(base: str, suffix: str, max_len: int) -> str:
+    """``<base><suffix>`` as a DNS-1035 label of at most ``max_len``; a long base is cut and hashed,
+    the suffix (fingerprint, attempt) is always kept whole."""
+    return dns1035(base, max_len - len(suffix)) + suffix
+
+
+def job_name(experiment: str, step: str, attempt: int, fingerprint: str = "") -> str:
+    """``<experiment>-<step>-<fp8>-a<attempt>``: a new spec's step never meets an old spec's job."""
+    fp = f"-{fingerprint[:8]}" if fingerprint else ""
+    return _name_with_suffix(f"{experiment}-{step}", f"{fp}-a{attempt}", JOB_NAME_MAX)
+
+
+def config_map_name(experiment: str, step: str, fingerprint: str = "") -> str:
+    fp = f"-{fingerprint[:8]}" if fingerprint else ""
+    return _name_with_suffix(f"{experiment}-{step}", f"{fp}-config", _DNS1035_MAX)
 
 
 @dataclass(frozen=True)
@@ -274,8 +291,9 @@ class PyTorchJobRenderer:
     def render(self, owner: Owner, step: Any, attempt: int, settings: JobSettings) -> list[dict]:
         config = step.config
         files = frozen_step_files(config)
-        cm_name = config_map_name(owner.name, step.name)
-        labels = common_labels(owner, step.name, step.kind)
+        fp = config.fingerprint
+        cm_name = config_map_name(owner.name, step.name, fp)
+        labels = {**common_labels(owner, step.name, step.kind), **({LABEL_FINGERPRINT: fp} if fp else {})}
         config_map = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -287,7 +305,7 @@ class PyTorchJobRenderer:
             },
             "data": files,
         }
-        name = job_name(owner.name, step.name, attempt)
+        name = job_name(owner.name, step.name, attempt, fp)
         job_labels = {**labels, LABEL_ATTEMPT: str(attempt)}
         if settings.kueue_queue:
             job_labels[LABEL_KUEUE_QUEUE] = settings.kueue_queue
@@ -348,7 +366,12 @@ class PyTorchJobRenderer:
             {"name": "HOME", "value": WORK_DIR},
             {"name": "TMPDIR", "value": f"{WORK_DIR}/tmp"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
-        ] + [{"name": k, "value": v} for k, v in sorted(s.env.items())]
+        ]
+        if s.gpus_per_pod:
+            # The runtime fails at once (exit 3, permanent) when CUDA cannot supply these GPUs, instead of
+            # training on CPU without a word (coe_runtime.errors.check_expected_gpus).
+            env.append({"name": "COE_EXPECT_GPUS", "value": str(s.gpus_per_pod)})
+        env += [{"name": k, "value": v} for k, v in sorted(s.env.items())]
         mounts = [
             {"name": "step-config", "mountPath": STEP_CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},

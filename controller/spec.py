@@ -346,6 +346,13 @@ class ResourcesSpec(_Spec):
     deepspeed_inline: dict[str, Any] | None = Field(
         None, description="DeepSpeed config given inline (instead of deepspeed)."
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=0,
+        description="torch CPU threads per process. Float sums depend on the thread count, so CPU "
+        "figures are reproducible only at a fixed count; unset = 1 for steps without GPUs, torch's "
+        "default with GPUs; 0 = torch's default (all cores).",
+    )
     cpu: str | None = Field(None, description="CPU request per pod, e.g. '8'.")
     memory: str | None = Field(None, description="Memory request per pod, e.g. '64Gi'.")
     shm_size: str = Field(
@@ -390,6 +397,13 @@ class ResourcesSpec(_Spec):
     @property
     def procs_per_node(self) -> int:
         return self.nproc_per_node or max(self.gpus_per_pod, 1)
+
+    @property
+    def threads_per_process(self) -> int:
+        """torch threads of each process (0: torch's default); see ``torch_threads``."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return 1 if self.gpus_per_pod == 0 else 0
 
     def for_step(self, key: str) -> ResourcesSpec:
         """These resources with the override for ``key`` applied (and no overrides left)."""

@@ -211,12 +211,18 @@ class StoreFacts:
 
 
 def read_store(
-    spec: CoEExperiment, store: Store | None = None, *, earlier: bool = True, known: dict | None = None
+    spec: CoEExperiment,
+    store: Store | None = None,
+    *,
+    earlier: bool = True,
+    known: dict | None = None,
+    known_fingerprints: dict[str, str] | None = None,
 ) -> StoreFacts:
     """Everything :func:`derive` needs, from the store (the only I/O of this module).
 
     ``known``: step name -> result already known for a published step (the reconcile loop keeps
-    them in the status), so a published step is not read again every pass. ``earlier=False``
+    them in the status, with ``known_fingerprints``), so a published step is not read again every
+    pass; a known result counts only for the same fingerprint. ``earlier=False``
     skips looking for other fingerprints' results (one listing per step).
     """
     store = store or get_store(spec.spec.store)
@@ -230,7 +236,7 @@ def read_store(
         fp = (manifest or {}).get("meta", {}).get("fingerprint")
         if manifest is not None and fp in (None, s.config.fingerprint):
             manifests[s.name] = manifest
-            if known and s.name in known:
+            if known and s.name in known and (known_fingerprints or {}).get(s.name) == s.config.fingerprint:
                 results[s.name] = known[s.name]
             else:
                 results[s.name] = _read_result(store, s, manifest)

@@ -10,6 +10,7 @@ from coe_controller.local import completed_executions, read_attempts
 from coe_controller.spec import load_spec
 
 from tests.local.local_support import run_coe_ctl
+from tests.support.layout import result_dir
 from tests.support.shared import need_shared
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -53,9 +54,9 @@ def test_local_run_on_a_few_meld_dialogues(tmp_path, data_dir):
     spec = load_spec(spec_path)
     for step in ("prepare", "erc", "test"):
         assert completed_executions(read_attempts(spec, step)) == 1
-    prepared = tmp_path / "runs" / "meld-tiny" / "prepare"
+    prepared = result_dir(tmp_path / "runs" / "meld-tiny", "prepare")
     test_rows = (prepared / "erc-test.jsonl").read_text().splitlines()
     dialogues = {json.loads(r)["meta"]["dialogue_id"] for r in test_rows}
     assert 1 <= len(dialogues) <= 3  # maxDialogues reached the reader
-    metrics = json.loads((tmp_path / "runs" / "meld-tiny" / "test" / "metrics.json").read_text())
+    metrics = json.loads((result_dir(tmp_path / "runs" / "meld-tiny", "test") / "metrics.json").read_text())
     assert metrics["n"] == len(test_rows)

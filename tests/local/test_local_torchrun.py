@@ -13,6 +13,7 @@ from coe_controller.planner import plan
 from coe_controller.spec import load_spec, parse_spec
 
 from tests.local.local_support import run_coe_ctl
+from tests.support.layout import result_dir
 
 pytestmark = pytest.mark.slow
 
@@ -57,11 +58,13 @@ def test_a_two_process_run_publishes_every_test_prediction_once(tmp_path):
         assert completed_executions(read_attempts(spec, step)) == 1
     out = tmp_path / "runs" / "torchrun-2"
     test_ids = [
-        json.loads(line)["id"] for line in (out / "prepare" / "erc-test.jsonl").read_text().splitlines()
+        json.loads(line)["id"]
+        for line in (result_dir(out, "prepare") / "erc-test.jsonl").read_text().splitlines()
     ]
     predicted = [
-        json.loads(line)["id"] for line in (out / "test" / "predictions.jsonl").read_text().splitlines()
+        json.loads(line)["id"]
+        for line in (result_dir(out, "test") / "predictions.jsonl").read_text().splitlines()
     ]
     assert predicted == test_ids  # every id once, in the original order, gathered from both ranks
-    manifest = json.loads((out / "erc" / "MANIFEST.json").read_text())
+    manifest = json.loads((result_dir(out, "erc") / "MANIFEST.json").read_text())
     assert manifest["meta"]["world_size"] == 2  # really two processes, one publication

@@ -17,6 +17,7 @@ from coe_controller import crd
 
 from tests.operator.harness import ControllerProcess, TrainingOperator, wait_for
 from tests.support.kmock_api import KubeAPI
+from tests.support.layout import without_fingerprint
 from tests.support.shared import SHARED, need_shared
 
 pytestmark = pytest.mark.k8s
@@ -176,7 +177,7 @@ def test_failed_once_is_retried_and_always_failing_ends_failed(cluster):
     status = drive(api, harness)["status"]
     assert status["phase"] == "Succeeded", status
     erc = next(s for s in status["steps"] if s["name"] == "erc")
-    assert erc["attempts"] == 2 and erc["jobName"] == "exp-erc-a2"
+    assert erc["attempts"] == 2 and without_fingerprint(erc["jobName"]) == "exp-erc-a2"
     reasons = [e["reason"] for e in api.objects("events", NS)]
     assert "StepAttemptFailed" in reasons or "StepRetried" in reasons, reasons
 
@@ -191,7 +192,10 @@ def test_failed_once_is_retried_and_always_failing_ends_failed(cluster):
     assert bad["phase"] == "Failed", bad
     assert bad["reason"] == "PyTorchJobFailed"
     assert "step erc failed after 2 attempt(s)" in bad["message"]
-    assert [j for j in api.created("pytorchjobs") if j.startswith("bad-erc")] == ["bad-erc-a1", "bad-erc-a2"]
+    assert [without_fingerprint(j) for j in api.created("pytorchjobs") if j.startswith("bad-erc")] == [
+        "bad-erc-a1",
+        "bad-erc-a2",
+    ]
     assert "test" not in [j.split("-")[1] for j in api.created("pytorchjobs") if j.startswith("bad-")]
     validate_writes(api)
 
@@ -227,7 +231,7 @@ def test_permanent_exit_code_fails_at_once_and_status_watch_shows_the_log_tail(c
     status = experiment(api)["status"]
     assert status["phase"] == "Failed" and status["reason"] == "PermanentExitCode", status
     assert "step erc failed after 1 attempt(s)" in status["message"] and "exit code 2" in status["message"]
-    assert [j for j in api.created("pytorchjobs") if "-erc-" in j] == ["exp-erc-a1"]
+    assert [without_fingerprint(j) for j in api.created("pytorchjobs") if "-erc-" in j] == ["exp-erc-a1"]
     assert "Failed" in out and "--- last log lines of erc ---" in out
     assert "error (injected, exit 2)" in out
     validate_writes(api)
@@ -245,7 +249,9 @@ def test_conflict_on_create_and_api_outage_are_survived(cluster):
     status = drive(api, harness)["status"]
     assert status["phase"] == "Succeeded", status
     created = api.created("pytorchjobs")
-    assert created == ["exp-prepare-a1", "exp-erc-a1", "exp-test-a1"], created
+    assert [without_fingerprint(c) for c in created] == ["exp-prepare-a1", "exp-erc-a1", "exp-test-a1"], (
+        created
+    )
     assert controller.alive(), "the controller must survive an unreachable API server"
     validate_writes(api)
 

@@ -25,6 +25,7 @@ from coe_runtime.store import get_store
 from tests.operator.harness import ControllerProcess, TrainingOperator
 from tests.operator.test_operator_e2e import NS, REPO, experiment, phase, validate_writes
 from tests.support.kmock_api import KubeAPI
+from tests.support.layout import without_fingerprint
 
 pytestmark = [pytest.mark.k8s, pytest.mark.s3, pytest.mark.slow]
 
@@ -125,9 +126,11 @@ def test_quickstart_runs_to_succeeded_on_the_emulated_cluster_like_the_local_exe
         )
         assert names == [s.name for s in plan(quickstart, {})]
         assert [s["name"] for s in status["steps"]] == names
-        assert api.created("pytorchjobs") == [f"exp-{n}-a1" for n in names]
+        assert [without_fingerprint(j) for j in api.created("pytorchjobs")] == [f"exp-{n}-a1" for n in names]
         cluster_files = manifest_files(store, steps)  # every step's artifacts published, in S3
-        assert store.exists(f"{bucket}/runs/exp/test/metrics.json")
+        test_step = next(s for s in steps if s.name == "test")
+        assert test_step.output.startswith(f"{bucket}/runs/exp/test/")  # <experiment>/<step>/<fingerprint>
+        assert store.exists(f"{test_step.output}/metrics.json")
         assert "testWeightedF1" in status["bestMetrics"]
         validate_writes(api)
 
@@ -139,6 +142,8 @@ def test_quickstart_runs_to_succeeded_on_the_emulated_cluster_like_the_local_exe
         local_store = get_store(local_spec.spec.store)
         local_steps = plan(local_spec, observe_rounds(local_spec, local_store))
         assert [s.name for s in local_steps] == names
+        # The cluster and the laptop give every step the same identity for the same spec.
+        assert [s.config.fingerprint for s in local_steps] == [s.config.fingerprint for s in steps]
         assert manifest_files(local_store, local_steps) == cluster_files
 
         # and `coe-ctl status` shows it

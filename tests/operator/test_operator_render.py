@@ -13,6 +13,7 @@ import yaml
 from coe_controller import crd, rbac, render
 from coe_controller.cli_cluster import render_spec
 
+from tests.support.layout import without_fingerprint
 from tests.support.shared import SHARED, need_shared
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +129,10 @@ def test_rendered_jobs_validate_and_carry_the_cluster_settings(tmp_path):
     assert {"/etc/coe/step", "/dev/shm"} <= mounts
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
     cm = next(
-        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "meld-mistral7b-erc-config"
+        o
+        for o in objs
+        if o["kind"] == "ConfigMap"
+        and without_fingerprint(o["metadata"]["name"]) == "meld-mistral7b-erc-config"
     )
     if "ds.json" in cm["data"]:  # a bundled DeepSpeed config is frozen into the ConfigMap and mounted
         assert "/etc/coe/deepspeed" in mounts

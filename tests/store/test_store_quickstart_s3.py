@@ -39,10 +39,14 @@ def test_quickstart_plan_runs_on_an_s3_store(s3_env, s3_root, tmp_path, capsys):
     status = experiment_status(spec)
     assert status["phase"] == "Succeeded", status
     store = get_store(s3_root)
+    outputs = {}
     for step in status["steps"]:
-        assert store.is_published(join(s3_root, spec.name, step["name"])), step["name"]
-    metrics = store.read_json(join(s3_root, spec.name, "test", "metrics.json"))
+        # <store>/<experiment>/<step>/<fingerprint>
+        assert step["output"] == join(s3_root, spec.name, step["name"], step["fingerprint"])
+        assert store.is_published(step["output"]), step["name"]
+        outputs[step["name"]] = step["output"]
+    metrics = store.read_json(join(outputs["test"], "metrics.json"))
     assert 0.0 <= metrics["weighted_f1"] <= 100.0
     # Every published step verifies against its manifest when fetched back.
-    store.fetch(join(s3_root, spec.name, "erc"), tmp_path / "erc")
+    store.fetch(outputs["erc"], tmp_path / "erc")
     assert (tmp_path / "erc" / "adapter").is_dir()

@@ -27,3 +27,11 @@ def result_dir(experiment_dir: Path, step: str) -> Path:
     found = result_dirs(experiment_dir, step)
     assert len(found) == 1, f"{experiment_dir}/{step}: expected one published result, found {found}"
     return found[0]
+
+
+def without_fingerprint(name: str) -> str:
+    """A job or ConfigMap name with its step fingerprint taken out (``exp-erc-1a2b3c4d-a2`` ->
+    ``exp-erc-a2``), for tests that check the naming scheme, not a particular identity."""
+    import re
+
+    return re.sub(r"-[0-9a-f]{8}(?=-(a\d+|config)$)", "", name)
