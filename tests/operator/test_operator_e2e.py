@@ -285,3 +285,38 @@ def test_submitted_experiment_gets_the_installation_defaults_and_deleting_it_rem
     Kube(api.api_client(), role="user").delete_experiment(NS, "exp")
     assert api.objects("pytorchjobs", NS) == []
     assert api.objects("configmaps", NS) == []
+
+
+def test_an_edited_finished_experiment_reruns_exactly_the_changed_steps(cluster):
+    """Issue 15 on the cluster: a published step counts as done only for its own fingerprint."""
+    from kubernetes import client
+
+    api, harness, controller, tmp = cluster
+    doc = experiment_doc(["erc"], f"file://{tmp}/store")
+    submit(api, doc)
+    controller.start()
+    first = drive(api, harness)["status"]
+    assert first["phase"] == "Succeeded", first
+    before = {s["name"]: s["fingerprint"] for s in first["steps"]}
+    jobs_before = set(api.created("pytorchjobs"))
+
+    spec = copy.deepcopy(doc["spec"])
+    spec["training"]["erc"]["epochs"] = spec["training"]["erc"]["epochs"] + 1
+    client.CustomObjectsApi(api.api_client()).patch_namespaced_custom_object(
+        "coe.ml", "v1alpha1", NS, "coeexperiments", "exp", {"spec": spec}
+    )
+    wait_for(
+        lambda: (experiment(api).get("status") or {}).get("observedGeneration") == 2,
+        what="the edit to be observed",
+    )
+    second = drive(api, harness)["status"]
+    assert second["phase"] == "Succeeded" and second["observedGeneration"] == 2, second
+    after = {s["name"]: s["fingerprint"] for s in second["steps"]}
+    assert [n for n in after if after[n] != before[n]] == ["erc", "test"]
+    new_jobs = set(api.created("pytorchjobs")) - jobs_before
+    assert sorted(without_fingerprint(j) for j in new_jobs) == ["exp-erc-a1", "exp-test-a1"]
+    # The earlier results are still in the store, under their own fingerprints.
+    for name in ("erc", "test"):
+        old = tmp / "store" / "exp" / name / before[name] / "MANIFEST.json"
+        assert old.is_file(), old
+    validate_writes(api)
