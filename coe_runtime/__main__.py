@@ -19,6 +19,7 @@ from coe_runtime.errors import (  # noqa: F401 - EXIT_PREEMPTED, is_transient: p
     EXIT_PERMANENT,
     EXIT_PREEMPTED,
     CoEError,
+    check_expected_gpus,
     exit_code_for,
     is_transient,
 )
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CoEConfigMismatch(
                 f"{args.config}: the config is a {step.kind!r} step, but {args.kind!r} was asked for"
             )
+        check_expected_gpus()  # the pod asked for GPUs (COE_EXPECT_GPUS): fail now if CUDA cannot give them
         from coe_runtime.driver import run_step
 
         summary = run_step(step)

@@ -10,6 +10,7 @@ retryable (storage/network outage, preemption: the pod is restarted).
 | --- | --- |
 | 1 | permanent: an unexpected defect (:data:`EXIT_BUG`) |
 | 2 | permanent: bad config or data (:data:`EXIT_PERMANENT`) |
+| 3 | permanent: the pod asked for GPUs but CUDA is unusable (:data:`EXIT_NO_GPU`) |
 | 128+N | retryable: stopped by signal N (143 = SIGTERM: preemption, node drain, eviction) |
 | 175 | retryable: storage or network outage (:data:`EXIT_RETRYABLE`) |
 | 176 | retryable: a peer of the distributed job was lost (:data:`EXIT_PEER_LOST`) |
@@ -17,14 +18,20 @@ retryable (storage/network outage, preemption: the pod is restarted).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 EXIT_BUG = 1  # an unexpected exception: a defect, reported with its traceback
 EXIT_PERMANENT = 2  # bad input / bad config
+EXIT_NO_GPU = 3  # the step's pod requested GPUs but CUDA is unusable: never silently train on CPU
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143: the pod was stopped; retrying resumes from the checkpoint
 EXIT_RETRYABLE = 175  # transient trouble: storage or network outage
 EXIT_PEER_LOST = 176  # another rank/pod of the job died or became unreachable (gloo/NCCL/c10d store)
+
+# Set by the controller's renderer (coe_controller.render) on step pods that request nvidia.com/gpu:
+# the number of GPUs per pod the step must see (check_expected_gpus).
+EXPECT_GPUS_ENV = "COE_EXPECT_GPUS"
 
 
 class CoEError(Exception):
@@ -56,6 +63,13 @@ class TransientStoreError(StoreError):
     """Storage outage that a retry of the pod may fix."""
 
     exit_code = EXIT_RETRYABLE
+
+
+class DeviceError(CoEError):
+    """The pod asked for GPUs and CUDA cannot give them: permanent (the same image on the same kind of
+    node fails the same way; the message names what to fix)."""
+
+    exit_code = EXIT_NO_GPU
 
 
 # -- the classification ---------------------------------------------------------------------------------
@@ -154,3 +168,56 @@ def exit_code_for(exc: BaseException) -> int:
 
 def is_retryable(code: int) -> bool:
     return 128 <= code <= 255
+
+
+# -- environment checks at step start -------------------------------------------------------------------
+def expected_gpus(env: dict[str, str] | None = None) -> int:
+    """GPUs per pod the step must see (``COE_EXPECT_GPUS``; unset or 0: none expected)."""
+    env = os.environ if env is None else env
+    raw = (env.get(EXPECT_GPUS_ENV) or "").strip()
+    if not raw:
+        return 0
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ConfigError(f"{EXPECT_GPUS_ENV}={raw!r}: expected a whole number of GPUs") from None
+    if n < 0:
+        raise ConfigError(f"{EXPECT_GPUS_ENV}={raw!r}: expected a whole number of GPUs")
+    return n
+
+
+def check_expected_gpus(env: dict[str, str] | None = None) -> None:
+    """Fail at once (:class:`DeviceError`, exit 3) when the pod asked for GPUs and CUDA cannot supply
+    them, instead of letting every step fall back to CPU and train 100x slower without a word."""
+    env = os.environ if env is None else env
+    n = expected_gpus(env)
+    if n == 0:
+        return
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()  # a broken driver warns here and answers False
+        count = torch.cuda.device_count() if available else 0
+    local_rank = int(env.get("LOCAL_RANK") or 0)
+    if available and count >= n and local_rank < count:
+        return
+    if not available:
+        problem = "CUDA is unavailable (torch.cuda.is_available() is False)"
+    elif count < n:
+        problem = f"only {count} CUDA device(s) are visible"
+    else:
+        problem = f"LOCAL_RANK {local_rank} has no device of its own ({count} visible): nprocPerNode > GPUs"
+    details = [
+        f"torch {torch.__version__}",
+        f"torch.version.cuda={torch.version.cuda or 'None (a CPU-only build of torch)'}",
+        f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}",
+        f"NVIDIA_VISIBLE_DEVICES={env.get('NVIDIA_VISIBLE_DEVICES', '<unset>')!r}",
+    ]
+    details += [f"torch warned: {w.message}" for w in caught]
+    raise DeviceError(
+        f"expected {n} GPU(s) ({EXPECT_GPUS_ENV}={n}: the pod requested nvidia.com/gpu) but {problem}; "
+        f"refusing to run on CPU. {'; '.join(details)}"
+    )
