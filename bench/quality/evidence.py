@@ -117,15 +117,25 @@ def rationale_samples(
     ]
 
 
+def published_files(view: Any) -> list[str]:
+    """The file names a published step's manifest lists (paths inside its output folder)."""
+    return [str(f["path"]) for f in (view.manifest or {}).get("files") or [] if f.get("path")]
+
+
 def snapshot_arm(
     store: Any,
     dest: Path,
     spec_uri: str,
-    steps: Sequence[Any],
+    views: Sequence[Any],
     status_rows: Sequence[Mapping[str, Any]],
 ) -> dict[str, str]:
     """Copy one arm's evidence from ``store`` into ``dest`` (replaced whole); returns
-    ``{link name: path}`` for RESULTS.md's links. ``steps`` are the planned steps (name, kind, output)."""
+    ``{link name: path}`` for RESULTS.md's links.
+
+    ``views`` are the arm's :class:`coe_controller.state.StepView` s: a step's files are copied
+    when it is done (published with the current fingerprint), from its planned output folder
+    (``<experiment>/<step>/<fingerprint>/``) as its manifest lists them. ``status_rows`` are
+    ``experiment_status``'s steps: they become ``steps.json`` (state, attempts, wall time)."""
     from coe_runtime.store import join
 
     tmp = dest.with_name(dest.name + ".tmp")
@@ -141,13 +151,11 @@ def snapshot_arm(
     ]
     (tmp / "steps.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     links["steps"] = "steps.json"
-    done = {r["name"] for r in status_rows if r.get("state") == "succeeded"}
-    for step in steps:
-        if step.name not in done or step.kind not in STEP_FILES:
+    for view in views:
+        step = view.step
+        if not view.done or step.kind not in STEP_FILES:
             continue
-        root = step.output.rstrip("/") + "/"
-        names = [u[len(root) :] for u in store.list(step.output) if u.startswith(root)]
-        for name in evidence_files(step.kind, names):
+        for name in evidence_files(step.kind, published_files(view)):
             # A train step's files are named by the stage (erc-best.json), a round's keep their name.
             target = name if step.kind != "train" else f"{step.name}-{name}"
             if name == "predictions.jsonl":

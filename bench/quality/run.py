@@ -8,7 +8,10 @@ Every arm is one ``CoEExperiment`` spec in ``bench/quality/<dataset>/``; the arm
 Resumable: each arm runs through :class:`coe_controller.local.LocalExecutor`, which skips every
 step already published in the store and redoes an interrupted one, so the runner can be killed
 and restarted at any point. RESULTS.md is rewritten from the store after every arm, so it always
-shows what is finished (and, for an unfinished arm, which step is next).
+shows what is finished (and, for an unfinished arm, which step is next). What is finished and
+each step's result are read through :func:`coe_controller.state.observe` (the same experiment
+state as ``coe-ctl status``); step outputs are found from the plan (``step.output``, i.e.
+``<experiment>/<step>/<fingerprint>/``), never by step name alone.
 
 Data files: a spec names its files by base name; the runner binds them to
 ``<data-dir>/<label set>/<base name>`` (``--data-dir``, default ``$COE_DATA_DIR`` or
@@ -186,6 +189,13 @@ def _rel(uri: str | None, results_dir: Path) -> str | None:
     return os.path.relpath(path, results_dir)
 
 
+def observe_arm(arm: Arm) -> Any:
+    """The arm's :class:`coe_controller.state.ExperimentState` (its current spec's steps and results)."""
+    from coe_controller.state import observe
+
+    return observe(arm.spec, earlier=False)
+
+
 def _round_prompts(store: Any, round_step: Any) -> dict[str, str]:
     """id -> prompt of the pool a STEeR round generated for (to blank what a sample repeats)."""
     pool = getattr(round_step.config, "pool", None)
@@ -194,8 +204,14 @@ def _round_prompts(store: Any, round_step: Any) -> dict[str, str]:
     return {str(r.get("id")): str(r.get("prompt") or "") for r in store.read_jsonl(pool)}
 
 
-def _read(store: Any, uri: str) -> Any:
-    return store.read_json(uri) if store.exists(uri) else None
+def _published_file(store: Any, view: Any, name: str) -> Any:
+    """A JSON file of a published step other than its result (``resolved-config.json``,
+    ``clues-summary.json``), or None when the step's manifest does not list it."""
+    from coe_runtime.store import join
+
+    if name not in {f.get("path") for f in (view.manifest or {}).get("files") or []}:
+        return None
+    return store.read_json(join(view.step.output, name))
 
 
 def count_answer_tokens(texts: Sequence[str], model_ref: Any) -> int:
@@ -208,47 +224,51 @@ def count_answer_tokens(texts: Sequence[str], model_ref: Any) -> int:
     return sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
 
-def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -> dict[str, Any]:
+def collect_arm(
+    arm: Arm, results_dir: Path, snapshot_dir: Path | None = None, state: Any = None
+) -> dict[str, Any]:
     """Everything RESULTS.md shows about one arm, read from the store; with ``snapshot_dir`` the
-    files behind the numbers are copied to ``snapshot_dir/<arm>/`` and the links point there."""
+    files behind the numbers are copied to ``snapshot_dir/<arm>/`` and the links point there.
+
+    What is done and each step's result come from ``state`` (:func:`observe_arm`: the one
+    experiment-state reader); only attempts and wall times come from ``experiment_status``."""
     from coe_controller.local import experiment_status, runs_prefix
-    from coe_controller.planner import experiment_prefix, observe_rounds, plan
+    from coe_controller.planner import experiment_prefix
+    from coe_controller.state import result_file
 
     from coe_runtime.store import get_store, join
 
     spec = arm.spec
     store = get_store(spec.spec.store)
-    status = experiment_status(spec, store)
-    steps = plan(spec, observe_rounds(spec, store))
-    by_name = {s.name: s for s in steps}
-    rows = {r["name"]: r for r in status["steps"]}
-    pending = [r["name"] for r in status["steps"] if r["state"] != "succeeded"]
+    state = state if state is not None else observe_arm(arm)
+    status_rows = experiment_status(spec, store)["steps"]
+    durations = {r["name"]: r.get("duration_s") for r in status_rows}
+    done = [v for v in state.steps if v.done]
+    pending = [v.name for v in state.steps if not v.done]
     out: dict[str, Any] = {
         "arm": arm.name,
         "experiment": spec.name,
         "strategy": spec.spec.strategy,
         "stages": list(spec.spec.stage_order),
-        "complete": not pending,
+        "complete": state.finished,
         "next_step": pending[0] if pending else None,
-        "wall_s": round(sum(r["duration_s"] or 0 for r in rows.values() if r["state"] == "succeeded"), 1),
+        "wall_s": round(sum(durations.get(v.name) or 0 for v in done), 1),
     }
     tokens_trained = 0
     tokens_generated = 0
     rounds = []
     last_round = None
-    for s in steps:
-        if rows.get(s.name, {}).get("state") != "succeeded":
-            continue
+    for v in done:
+        s = v.step
         if s.kind == "train":
-            resolved = _read(store, join(s.output, "resolved-config.json")) or {}
+            resolved = _published_file(store, v, "resolved-config.json") or {}
             tokens_trained += int((resolved.get("summary") or {}).get("non_pad_tokens") or 0)
         elif s.kind == "steer_round":
-            r = _read(store, join(s.output, f"round-{s.round}.json")) or {}
-            tokens_generated += int(r.get("tokens_generated") or 0)
-            rounds.append(r)
+            tokens_generated += int(v.result.get("tokens_generated") or 0)
+            rounds.append(v.result)
             last_round = s
         elif s.kind == "clues":
-            c = _read(store, join(s.output, "clues-summary.json")) or {}
+            c = _published_file(store, v, "clues-summary.json") or {}
             tokens_generated += int(c.get("tokens_generated") or 0)
             out["clues"] = {
                 k: c.get(k)
@@ -278,16 +298,14 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
         "spec": _rel(join(runs_prefix(spec), "spec.yaml"), results_dir),
         "bench_spec": os.path.relpath(arm.spec_path, results_dir),
     }
-    erc = by_name.get("erc")
-    if erc and rows.get("erc", {}).get("state") == "succeeded":
-        best = _read(store, join(erc.output, "best.json"))
-        if best:
-            out["dev"] = best
-            links["best"] = _rel(join(erc.output, "best.json"), results_dir)
-    test = by_name.get("test")
-    if test and rows.get("test", {}).get("state") == "succeeded":
-        metrics = _read(store, join(test.output, "metrics.json")) or {}
-        preds = store.read_jsonl(join(test.output, "predictions.jsonl"))
+    erc = state.view("erc")
+    if erc is not None and erc.done and erc.result:  # best.json: the best dev epoch
+        out["dev"] = erc.result
+        links["best"] = _rel(join(erc.step.output, result_file(erc.step)), results_dir)
+    test = state.view("test")
+    if test is not None and test.done:
+        metrics = test.result  # metrics.json
+        preds = store.read_jsonl(join(test.step.output, "predictions.jsonl"))
         out["test"] = {
             k: metrics.get(k)
             for k in (
@@ -311,13 +329,14 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
         )
         out["test_ci"] = {k: v.as_dict() for k, v in ci.items()}
         tokens_generated += count_answer_tokens([p["output"] for p in preds], spec.spec.base_model)
-        links["metrics"] = _rel(join(test.output, "metrics.json"), results_dir)
-        links["predictions"] = _rel(join(test.output, "predictions.jsonl"), results_dir)
+        if result_file(test.step):
+            links["metrics"] = _rel(join(test.step.output, result_file(test.step)), results_dir)
+        links["predictions"] = _rel(join(test.step.output, "predictions.jsonl"), results_dir)
     out["tokens_generated"] = tokens_generated
     out["store_run_dir"] = experiment_prefix(spec)
-    if snapshot_dir is not None and any(r["state"] == "succeeded" for r in rows.values()):
+    if snapshot_dir is not None and done:
         dest = snapshot_dir / arm.name
-        copied = snapshot_arm(store, dest, join(runs_prefix(spec), "spec.yaml"), steps, status["steps"])
+        copied = snapshot_arm(store, dest, join(runs_prefix(spec), "spec.yaml"), state.steps, status_rows)
         links.update({k: os.path.relpath(dest / name, results_dir) for k, name in copied.items()})
         links["run_dir"] = os.path.relpath(dest, results_dir)
     elif snapshot_dir is not None:
@@ -327,21 +346,32 @@ def collect_arm(arm: Arm, results_dir: Path, snapshot_dir: Path | None = None) -
     return out
 
 
+def _prepared(state: Any, name: str) -> str | None:
+    """URI of a file of the arm's published ``prepare`` step (its output from the plan), or None."""
+    from coe_runtime.store import join
+
+    prep = state.view("prepare")
+    if prep is None or not prep.done:
+        return None
+    return join(prep.step.output, name)
+
+
 def _source(spec: Any) -> Any:
     return spec.spec.dataset.to_source()
 
 
-def test_utterances(arms: Sequence[Arm]) -> tuple[list[str] | None, str | None]:
-    """The test utterance ids the arms are scored on (from the first published prepare step)."""
-    from coe_controller.planner import step_output
+def test_utterances(
+    arms: Sequence[Arm], states: Sequence[Any] | None = None
+) -> tuple[list[str] | None, str | None]:
+    """The test utterance ids the arms are scored on (from the first published prepare step);
+    ``states``: the arms' experiment states, when already observed."""
+    from coe_runtime.store import get_store
 
-    from coe_runtime.store import get_store, join
-
-    for arm in arms:
-        prep = step_output(arm.spec, "prepare")
-        store = get_store(arm.spec.spec.store)
-        if store.is_published(prep):
-            rows = store.read_jsonl(join(prep, "erc-test.jsonl"))
+    for i, arm in enumerate(arms):
+        state = states[i] if states is not None else observe_arm(arm)
+        uri = _prepared(state, "erc-test.jsonl")
+        if uri is not None:
+            rows = get_store(uri).read_jsonl(uri)
             return [r["meta"]["uid"] for r in rows], arm.name
     return None, None
 
@@ -464,8 +494,9 @@ def build_section(
     snapshot_dir: Path | None = None,
 ) -> dict[str, Any]:
     arm_dir = snapshot_dir / dataset if snapshot_dir is not None else None
-    collected = [collect_arm(a, results_dir, arm_dir) for a in arms]
-    test_uids, source_arm = test_utterances(arms)
+    states = [observe_arm(a) for a in arms]
+    collected = [collect_arm(a, results_dir, arm_dir, st) for a, st in zip(arms, states, strict=True)]
+    test_uids, source_arm = test_utterances(arms, states)
     note = None
     ids = [tuple(c["test_ids"]) for c in collected if c.get("test_ids")]
     if ids and any(i != ids[0] for i in ids):
@@ -480,11 +511,7 @@ def build_section(
     labels = next((c["test"]["labels"] for c in collected if c.get("test")), None)
     if labels is None and baselines:
         labels = list(baselines[0]["test"]["per_class"])
-    dev_n = None
-    for c in collected:
-        if c.get("dev"):
-            dev_n = _dev_n(arms[collected.index(c)])
-            break
+    dev_n = next((_dev_n(st) for c, st in zip(collected, states, strict=True) if c.get("dev")), None)
     for c in collected:
         c.pop("test_ids", None)
     return {
@@ -514,12 +541,13 @@ def fmt(n: Any) -> str:
     return f"{int(n or 0):,}"
 
 
-def _dev_n(arm: Arm) -> int | None:
-    from coe_controller.planner import step_output
+def _dev_n(state: Any) -> int | None:
+    """Dev examples of the arm's prepare step (what its dev wF1 is computed on)."""
+    from coe_runtime.store import get_store
 
-    from coe_runtime.store import get_store, join
-
-    uri = join(step_output(arm.spec, "prepare"), "erc-dev.jsonl")
+    uri = _prepared(state, "erc-dev.jsonl")
+    if uri is None:
+        return None
     store = get_store(uri)
     return len(store.read_jsonl(uri)) if store.exists(uri) else None
 
@@ -546,7 +574,8 @@ def write_results(path: Path, sections: Sequence[dict[str, Any]], command: str) 
 
 
 def has_started(arm: Arm) -> bool:
-    """Whether any step of the arm has run (or is running) in its store."""
+    """Whether any step of the arm has run (or is running) in its store: published, or an attempt
+    of this spec's step recorded (``experiment_status``: a failed first step counts too)."""
     from coe_controller.local import experiment_status
 
     return any(r["state"] not in ("pending", "tentative") for r in experiment_status(arm.spec)["steps"])

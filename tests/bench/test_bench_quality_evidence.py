@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from coe_controller.state import StepView
+
 from bench.quality.evidence import (
     blank_echoes,
     evidence_files,
@@ -58,34 +60,57 @@ def test_rationale_samples_takes_accepted_then_rejected_in_id_order():
     assert [(s["id"], s["accepted"]) for s in got] == [("e0", True), ("e2", True), ("e1", False)]
 
 
+def _publish(store, tmp_path, uri: str, files: dict) -> dict:
+    """Publish ``files`` (name -> bytes) as one step output at ``uri``; returns its manifest."""
+    local = tmp_path / "local" / uri.rsplit("/", 2)[-2] / uri.rsplit("/", 1)[-1]
+    for name, data in files.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(data)
+    return store.publish(local, uri)
+
+
 def test_snapshot_arm_copies_published_steps_only_and_replaces_the_folder(tmp_path):
+    """Files come from each step's planned output (``<experiment>/<step>/<fingerprint>/``), as its
+    manifest lists them, only for steps the experiment state calls done."""
     root = f"file://{tmp_path / 'store'}/x"
     store = get_store(root)
     store.write_bytes(f"{root}/_runs/spec.yaml", b"kind: CoEExperiment\n")
-    store.write_json(f"{root}/erc/best.json", {"epoch": 1, "weighted_f1": 40.0})
-    store.write_json(f"{root}/erc/dev-metrics-epoch-1.json", {"weighted_f1": 40.0})
-    store.write_bytes(f"{root}/erc/adapter/adapter_model.safetensors", b"\0" * 8)
-    store.write_jsonl(f"{root}/test/predictions.jsonl", [{"id": "a", "output": "<joy>", "parsed_label": "joy",
-                      "gold": "joy", "parse_method": "tag", "prompt": "dataset text"}])  # fmt: skip
-    store.write_json(f"{root}/test/metrics.json", {"weighted_f1": 41.0})
-    steps = [SimpleNamespace(name="erc", kind="train", output=f"{root}/erc"),
-             SimpleNamespace(name="test", kind="generate", output=f"{root}/test")]  # fmt: skip
+    erc_out, test_out = f"{root}/erc/fp-erc", f"{root}/test/fp-test"
+    best = json.dumps({"epoch": 1, "weighted_f1": 40.0}).encode()
+    erc_manifest = _publish(store, tmp_path, erc_out, {
+        "best.json": best, "dev-metrics-epoch-1.json": best, "adapter/adapter_model.safetensors": b"\0" * 8})  # fmt: skip
+    # an earlier spec's result of the same step, and a stray file not in the manifest: not evidence
+    _publish(store, tmp_path, f"{root}/erc/fp-old", {"best.json": b"{}", "dev-metrics-epoch-9.json": b"{}"})
+    store.write_json(f"{erc_out}/dev-metrics-epoch-7.json", {"weighted_f1": 1.0})
+    pred = {"id": "a", "output": "<joy>", "parsed_label": "joy", "gold": "joy", "parse_method": "tag",
+            "prompt": "dataset text"}  # fmt: skip
+    store.write_jsonl(f"{test_out}/predictions.jsonl", [pred])  # written, not yet published
+    store.write_json(f"{test_out}/metrics.json", {"weighted_f1": 41.0})
+    views = [
+        StepView(SimpleNamespace(name="erc", kind="train", output=erc_out), "done", erc_manifest),
+        StepView(SimpleNamespace(name="test", kind="generate", output=test_out), "ready"),
+    ]
     rows = [{"name": "erc", "kind": "train", "state": "succeeded", "attempts": 1, "duration_s": 9.5},
             {"name": "test", "kind": "generate", "state": "interrupted", "attempts": 1}]  # fmt: skip
     dest = tmp_path / "runs" / "meld" / "arm"
     dest.mkdir(parents=True)
     (dest / "stale.json").write_text("{}")
-    links = snapshot_arm(store, dest, f"{root}/_runs/spec.yaml", steps, rows)
+    links = snapshot_arm(store, dest, f"{root}/_runs/spec.yaml", views, rows)
     assert sorted(p.name for p in dest.iterdir()) == [
         "erc-best.json", "erc-dev-metrics-epoch-1.json", "spec.yaml", "steps.json"]  # fmt: skip
     assert links == {"spec": "spec.yaml", "steps": "steps.json", "best": "erc-best.json"}
+    assert json.loads((dest / "erc-best.json").read_text())["weighted_f1"] == 40.0
     assert json.loads((dest / "steps.json").read_text())[1]["state"] == "interrupted"
 
-    rows[1]["state"] = "succeeded"  # the test pass published: its files come too, predictions slimmed
-    links = snapshot_arm(store, dest, f"{root}/_runs/spec.yaml", steps, rows)
+    # the test pass published: its files come too, predictions slimmed
+    manifest = _publish(store, tmp_path, test_out, {
+        "predictions.jsonl": (json.dumps(pred) + "\n").encode(), "metrics.json": b'{"weighted_f1": 41.0}'})  # fmt: skip
+    views[1] = StepView(views[1].step, "done", manifest)
+    rows[1]["state"] = "succeeded"
+    links = snapshot_arm(store, dest, f"{root}/_runs/spec.yaml", views, rows)
     assert (links["metrics"], links["predictions"]) == ("metrics.json", "predictions.jsonl")
-    (pred,) = [json.loads(line) for line in (dest / links["predictions"]).read_text().splitlines()]
-    assert "prompt" not in pred and pred["parsed_label"] == "joy"
+    (got,) = [json.loads(line) for line in (dest / links["predictions"]).read_text().splitlines()]
+    assert "prompt" not in got and got["parsed_label"] == "joy"
     assert not (tmp_path / "runs" / "meld" / "arm.tmp").exists()
 
 

@@ -1,0 +1,124 @@
+"""The quality runner reads an arm through the experiment state (coe_controller.state): results
+under ``<experiment>/<step>/<fingerprint>/``, prepared files from the plan's prepare output, and
+never an earlier spec's result or a file outside the published manifest. No data, no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from coe_controller.local import runs_prefix
+from coe_controller.planner import experiment_prefix
+from coe_controller.spec import parse_spec
+
+from bench.quality import run as runner
+from coe_runtime.record import publish_step
+from coe_runtime.store import MANIFEST, get_store, join
+
+
+def _arm(tmp_path: Path, epochs: int = 1) -> runner.Arm:
+    spec = parse_spec(
+        {
+            "apiVersion": "coe.ml/v1alpha1",
+            "kind": "CoEExperiment",
+            "metadata": {"name": "q-erc-only"},
+            "spec": {
+                "dataset": {"format": "demo", "labelSet": {"name": "demo"}},
+                "stages": ["erc"],
+                "training": {"erc": {"epochs": epochs}},
+                "store": f"file://{tmp_path / 'store'}",
+            },
+        }
+    )
+    return runner.Arm("erc-only", tmp_path / "erc-only.yaml", spec)
+
+
+def _rows(n: int, split: str) -> list[dict]:
+    return [{"prompt": "dataset text", "meta": {"uid": f"{split}-{i}", "label": "joy"}} for i in range(n)]
+
+
+def _publish(step, files: dict[str, object], work: Path) -> None:
+    work.mkdir(parents=True)
+    for name, doc in files.items():
+        if name.endswith(".jsonl"):
+            (work / name).write_text("".join(json.dumps(r) + "\n" for r in doc))
+        else:
+            (work / name).write_text(json.dumps(doc))
+    publish_step(step.config, work, meta={"kind": step.kind})
+
+
+def _attempt(spec, step, seconds: float) -> None:
+    uri = join(runs_prefix(spec), step.name, "attempts.jsonl")
+    fp = step.config.fingerprint
+    get_store(uri).write_jsonl(uri, [
+        {"event": "start", "attempt": 1, "fingerprint": fp},
+        {"event": "end", "attempt": 1, "status": "succeeded", "duration_s": seconds, "rc": 0, "fingerprint": fp},
+    ])  # fmt: skip
+
+
+def _files(step) -> dict[str, object]:
+    if step.kind == "prepare":
+        return {"erc-train.jsonl": _rows(4, "train"), "erc-dev.jsonl": _rows(3, "dev"), "erc-test.jsonl": _rows(2, "test")}  # fmt: skip
+    if step.name == "erc":
+        return {"best.json": {"epoch": 1, "weighted_f1": 40.0}, "dev-metrics-epoch-1.json": {"weighted_f1": 40.0},
+                "resolved-config.json": {"summary": {"non_pad_tokens": 123}}}  # fmt: skip
+    preds = [{"id": f"test-{i}", "output": "<joy>", "parsed_label": "joy", "gold": "joy", "parse_method": "tag",
+              "prompt": "dataset text"} for i in range(2)]  # fmt: skip
+    return {"metrics.json": {"n": 2, "weighted_f1": 41.0, "macro_f1": 30.0, "accuracy": 50.0, "labels": ["joy"]},
+            "predictions.jsonl": preds}  # fmt: skip
+
+
+def test_collect_arm_reads_the_current_fingerprints_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "count_answer_tokens", lambda texts, model: len(texts))
+    arm = _arm(tmp_path)
+    state = runner.observe_arm(arm)
+    steps = state.plan
+    assert [s.name for s in steps] == ["prepare", "erc", "test"]
+    # An earlier spec's erc result, and a file in the old layout: neither is this arm's result.
+    old = _arm(tmp_path, epochs=3)
+    (old_erc,) = [s for s in runner.observe_arm(old).plan if s.name == "erc"]
+    _publish(steps[0], _files(steps[0]), tmp_path / "w0")
+    _publish(old_erc, {"best.json": {"epoch": 3, "weighted_f1": 99.0}}, tmp_path / "w-old")
+    exp = Path(experiment_prefix(arm.spec).removeprefix("file://"))
+    (exp / "erc").mkdir(exist_ok=True)
+    (exp / "erc" / "best.json").write_text(json.dumps({"weighted_f1": 77.0}))
+
+    out = runner.collect_arm(arm, tmp_path / "results", tmp_path / "results" / "runs")
+    assert not out["complete"] and out["next_step"] == "erc"
+    assert "dev" not in out and "test" not in out
+    assert sorted(p.name for p in (tmp_path / "results" / "runs" / "erc-only").iterdir()) == ["steps.json"]
+
+    for i, step in enumerate(steps[1:], 1):
+        _publish(step, _files(step), tmp_path / f"w{i}")
+        _attempt(arm.spec, step, 10.0 * i)
+    state = runner.observe_arm(arm)
+    assert state.finished
+    out = runner.collect_arm(arm, tmp_path / "results", tmp_path / "results" / "runs", state)
+    assert out["complete"] and out["next_step"] is None
+    assert out["dev"]["weighted_f1"] == 40.0  # this fingerprint's best.json, not 99 or 77
+    assert out["test"]["weighted_f1"] == 41.0 and out["test"]["n"] == 2
+    assert (out["wall_s"], out["tokens_trained"], out["tokens_generated"]) == (30.0, 123, 2)
+    snap = tmp_path / "results" / "runs" / "erc-only"
+    assert sorted(p.name for p in snap.iterdir()) == [
+        "erc-best.json", "erc-dev-metrics-epoch-1.json", "metrics.json", "predictions.jsonl", "steps.json"]  # fmt: skip
+    assert json.loads((snap / "erc-best.json").read_text())["weighted_f1"] == 40.0
+    assert [r["state"] for r in json.loads((snap / "steps.json").read_text())] == ["succeeded"] * 3
+    for key in ("steps", "best", "metrics", "predictions"):
+        assert (tmp_path / "results" / out["links"][key]).resolve().parent == snap.resolve(), key
+    assert "prompt" not in (snap / "predictions.jsonl").read_text()
+
+    # Prepared files come from the plan's prepare output (its fingerprint folder).
+    assert runner.test_utterances([arm]) == (["test-0", "test-1"], "erc-only")
+    assert runner._dev_n(state) == 3
+    prep = state.view("prepare").step.output
+    assert prep.endswith("/prepare/" + state.view("prepare").step.config.fingerprint)
+    assert Path(prep.removeprefix("file://"), MANIFEST).is_file()
+
+
+def test_an_unpublished_prepare_gives_no_test_utterances(tmp_path):
+    arm = _arm(tmp_path)
+    (prep,) = [s for s in runner.observe_arm(arm).plan if s.name == "prepare"]
+    store = get_store(prep.output)
+    store.write_jsonl(join(prep.output, "erc-test.jsonl"), _rows(2, "test"))  # written, no manifest yet
+    assert runner.test_utterances([arm]) == (None, None)
+    assert runner._dev_n(runner.observe_arm(arm)) is None
