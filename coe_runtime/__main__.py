@@ -21,6 +21,7 @@ from coe_runtime.errors import (  # noqa: F401 - EXIT_PREEMPTED, is_transient: p
     CoEError,
     check_expected_gpus,
     exit_code_for,
+    is_retryable,
     is_transient,
 )
 from coe_runtime.step import STEP_KINDS, load_step
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         code = exit_code_for(exc)
-        kind = "retryable" if code >= 128 else "permanent"
+        kind = "retryable" if is_retryable(code) else "permanent"
         if code == EXIT_BUG:
             traceback.print_exc()
             message = (

@@ -166,8 +166,15 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_BUG
 
 
-def is_retryable(code: int) -> bool:
-    return 128 <= code <= 255
+def is_retryable(code: int | None) -> bool:
+    """The exit-code contract, stated once: 128-255 is worth another attempt (outage, preemption,
+    OOM kill); everything the local executor, the launcher and the reconcile loop decide uses it."""
+    return code is not None and 128 <= code <= 255
+
+
+def is_permanent(code: int | None) -> bool:
+    """1-127: bad config or data (or a defect): a retry cannot help."""
+    return code is not None and 1 <= code <= 127
 
 
 # -- environment checks at step start -------------------------------------------------------------------

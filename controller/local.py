@@ -38,7 +38,7 @@ from coe_controller.spec import CoEExperiment
 from coe_controller.state import observe
 
 from coe_runtime import progress
-from coe_runtime.errors import EXIT_RETRYABLE, CoEError, ConfigError, StoreError
+from coe_runtime.errors import EXIT_RETRYABLE, CoEError, ConfigError, StoreError, is_retryable
 from coe_runtime.record import published_manifest
 from coe_runtime.step import dump_step
 from coe_runtime.store import FileStore, Store, cache_dir, get_store, join
@@ -588,7 +588,7 @@ class LocalExecutor:
         outcome = StepOutcome(step.name, "failed")
         for _ in range(retries + 1):
             outcome = self._attempt(step, config_path, index, total)
-            if outcome.status != "failed" or not (outcome.rc is not None and 128 <= outcome.rc <= 255):
+            if outcome.status != "failed" or not is_retryable(outcome.rc):
                 break
         return outcome
 
@@ -649,7 +649,7 @@ class LocalExecutor:
             elif rc == 0:
                 reason = f"exited 0 but published no MANIFEST.json under {step.output}"
             else:
-                kind = "transient, retried" if 128 <= (rc or 0) <= 255 else "permanent"
+                kind = "transient, retried" if is_retryable(rc) else "permanent"
                 reason = f"exit code {rc} ({kind})"
         self._record(
             step.name,
