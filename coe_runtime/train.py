@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,17 +214,29 @@ def _unwrap(model: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def published_checkpoints(output: str) -> list[tuple[int, str]]:
-    """(optimizer step, prefix) of every COMPLETE checkpoint (manifest present), oldest first."""
+# A checkpoint is published by every node: DeepSpeed writes each rank's ZeRO shard into its own
+# node's output folder, so a checkpoint is the union of one part per node, each published as
+# ``<output>/_checkpoints/checkpoint-N/node-K/`` (manifest last). It is complete when all
+# ``nnodes`` parts are; a restarted step fetches every part into each node's folder.
+NODE_PART = "node-{}"
+
+
+def published_checkpoints(output: str, nnodes: int = 1) -> list[tuple[int, str]]:
+    """(optimizer step, prefix) of every COMPLETE checkpoint (all nodes' parts published), oldest first."""
     store = get_store(output)
     root = join(output, CHECKPOINTS)
-    found = {}
+    parts: dict[int, set[str]] = {}
     for uri in store.list(root):
-        rel = uri[len(root) + 1 :]
-        parts = rel.split("/")
-        if len(parts) == 2 and parts[1] == "MANIFEST.json" and (m := _CKPT_RE.match(parts[0])):
-            found[int(m.group(1))] = join(root, parts[0])
-    return sorted(found.items())
+        rel = uri[len(root) + 1 :].split("/")
+        if len(rel) == 3 and rel[2] == "MANIFEST.json" and (m := _CKPT_RE.match(rel[0])):
+            parts.setdefault(int(m.group(1)), set()).add(rel[1])
+    wanted = {NODE_PART.format(k) for k in range(nnodes)}
+    return sorted((n, join(root, f"checkpoint-{n}")) for n, have in parts.items() if wanted <= have)
+
+
+def node_rank() -> int:
+    """This pod's node index under torchrun (``GROUP_RANK``; the operator's PET_NODE_RANK feeds it)."""
+    return int(os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or 0)
 
 
 def work_dir_for(step: TrainStep) -> Path:
@@ -232,51 +245,67 @@ def work_dir_for(step: TrainStep) -> Path:
     return cache_dir() / "work" / f"{step.name}-{key}"
 
 
-# --------------------------------------------------------------------------- the run
-def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train, publish ``adapter/`` + tokenizer + ``resolved-config.json`` + ``train-log.jsonl``
-    (+ dev metrics and ``best.json`` with ``eval_file``) under ``step.output``; returns a summary.
+# --------------------------------------------------------------------------- the run, in named parts
+@dataclass
+class TrainData:
+    """The tokenised training set (and dev examples) of one step."""
 
-    ``extra_callbacks``: more ``transformers.TrainerCallback`` objects (progress displays, tests)."""
-    import torch
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    features: list[dict[str, list[int]]]
+    lengths: list[int]
+    eval_examples: list[Example]
 
-    from coe_runtime.models import load_tokenizer
 
-    step = step.model_copy(update={"output": normalize_uri(step.output)})
-    ds_config = resolve_deepspeed_config(step.distributed.deepspeed)
-    if ds_config is not None:
-        prepare_deepspeed_env()
-    tokenizer = load_tokenizer(step.base_model)
+@dataclass
+class WorkDirs:
+    """This node's local folders: the Trainer's output (checkpoints) and our own state (log, dev)."""
+
+    root: Path
+
+    @property
+    def trainer(self) -> Path:
+        return self.root / "trainer"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log(self) -> Path:
+        return self.state / "train-log.jsonl"
+
+
+def load_train_data(step: TrainStep, tokenizer: Any) -> TrainData:
     pairs = load_train_examples(step.train_files)
     features = [
         tokenize_example(tokenizer, ex.prompt, ex.target, step.optim.max_length, where) for ex, where in pairs
     ]
-    lengths = [len(f["input_ids"]) for f in features]
     eval_examples = read_examples_uri(step.eval_file, "eval_file") if step.eval_file else []
+    return TrainData(features, [len(f["input_ids"]) for f in features], eval_examples)
+
+
+def training_arguments(step: TrainStep, ds_config: dict | None, dirs: WorkDirs) -> Any:
+    """The Trainer's settings, all from the step config (nothing from the environment but GPUs)."""
+    import torch
+    from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
-    use_bf16 = on_gpu and step.base_model.dtype in ("auto", "bfloat16")
-    work = work_dir_for(step)
-    trainer_dir = work / "trainer"
     optim = step.optim
     save_steps = optim.checkpoint_every_steps
-    warmup = min(optim.warmup_ratio, 0.999)  # a float < 1 is a ratio of the total optimizer steps
-    args = TrainingArguments(
-        output_dir=str(trainer_dir),
+    return TrainingArguments(
+        output_dir=str(dirs.trainer),
         per_device_train_batch_size=optim.per_device_batch_size,
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         learning_rate=optim.learning_rate,
         adam_beta1=optim.betas[0],
         adam_beta2=optim.betas[1],
         weight_decay=optim.weight_decay,
-        warmup_steps=warmup,
+        warmup_steps=min(optim.warmup_ratio, 0.999),  # a float < 1 is a ratio of the total steps
         lr_scheduler_type="linear",
         num_train_epochs=optim.epochs,
         max_steps=optim.max_steps or -1,
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
         **_checkpointing_args(TrainingArguments, optim.gradient_checkpointing),
-        bf16=use_bf16,
+        bf16=on_gpu and step.base_model.dtype in ("auto", "bfloat16"),
         use_cpu=not on_gpu,
         deepspeed=ds_config,
         seed=optim.seed,
@@ -293,67 +322,94 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
         # gloo on CPU; only under a launcher (a lone process has no group to join).
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
-    rank, world = args.process_index, args.world_size
-    if ds_config is not None and world > 1:
-        # ZeRO-3 partitions weights while loading (zero.Init), which reads the world size from
-        # deepspeed.comm; on CPU accelerate initialises only torch.distributed, so join it here.
+
+
+def join_process_group(args: Any, ds_config: dict | None) -> None:
+    """ZeRO-3 partitions weights while loading (zero.Init), which reads the world size from
+    deepspeed.comm; on CPU accelerate initialises only torch.distributed, so join it here."""
+    if ds_config is not None and args.world_size > 1:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=args.ddp_backend or "nccl")
-    local_main = args.local_process_index == 0
 
-    # A restarted step resumes from the newest COMPLETE checkpoint in the store.
-    resume_from: str | None = None
+
+def restore_checkpoint(step: TrainStep, args: Any, dirs: WorkDirs) -> str | None:
+    """Fetch the newest complete checkpoint (every node's part) into this node's folder; returns
+    the local checkpoint path to resume from, or None for a fresh start."""
+    local_main = args.local_process_index == 0
+    nnodes = step.distributed.nnodes
     with args.main_process_first(local=True, desc="fetch checkpoint"):
-        checkpoints = published_checkpoints(step.output)
+        checkpoints = published_checkpoints(step.output, nnodes)
         if local_main:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
+            shutil.rmtree(dirs.root, ignore_errors=True)
+            dirs.root.mkdir(parents=True)
             if checkpoints:
                 n, prefix = checkpoints[-1]
-                get_store(prefix).fetch(prefix, trainer_dir / f"checkpoint-{n}")
-        if checkpoints:
-            resume_from = str(trainer_dir / f"checkpoint-{checkpoints[-1][0]}")
-    state_dir = work / "state"
+                store = get_store(prefix)
+                for k in range(nnodes):
+                    store.fetch(join(prefix, NODE_PART.format(k)), dirs.trainer / f"checkpoint-{n}")
+    resume_from = str(dirs.trainer / f"checkpoint-{checkpoints[-1][0]}") if checkpoints else None
     if local_main:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        dirs.state.mkdir(parents=True, exist_ok=True)
         if resume_from and (Path(resume_from) / STATE_DIR).is_dir():
-            shutil.copytree(Path(resume_from) / STATE_DIR, state_dir, dirs_exist_ok=True)
+            shutil.copytree(Path(resume_from) / STATE_DIR, dirs.state, dirs_exist_ok=True)
     if resume_from:
         progress.report(step=step.name, phase="resume", message=f"resuming from {Path(resume_from).name}")
+    return resume_from
 
-    # A fresh LoRA's A matrices come from the global RNG: seed it so a run (and its restart) is
-    # reproducible. The Trainer seeds again later, but only after the model exists.
-    from transformers import set_seed
 
-    set_seed(optim.seed)
-    model = build_trainable_model(step, device=None)
-    if optim.gradient_checkpointing:
-        # With frozen embeddings the checkpointed blocks would see inputs without grad.
-        model.enable_input_require_grads()
+def publish_checkpoint(step: TrainStep, args: Any, dirs: WorkDirs, global_step: int) -> None:
+    """Every node publishes its part of checkpoint-N; then world rank 0 drops the older ones."""
+    _barrier()
+    ckpt = dirs.trainer / f"checkpoint-{global_step}"
+    if args.process_index == 0:
+        shutil.copytree(dirs.state, ckpt / STATE_DIR, dirs_exist_ok=True)
+    if args.local_process_index == 0:
+        prefix = join(step.output, CHECKPOINTS, ckpt.name, NODE_PART.format(node_rank()))
+        get_store(prefix).publish(ckpt, prefix, meta={"global_step": global_step, "node": node_rank()})
+    _barrier()
+    if args.process_index == 0:
+        store = get_store(step.output)
+        for n, old in published_checkpoints(step.output, step.distributed.nnodes):
+            if n != global_step:
+                store.delete_prefix(old)
 
-    class _Trainer(Trainer):
+
+def _trainer_class() -> type:
+    """``Trainer`` with our length-grouped (or shuffled) batches; built on first use (transformers
+    is imported only by steps that train)."""
+    from torch.utils.data import DataLoader
+    from transformers import Trainer
+
+    class GroupedBatchTrainer(Trainer):
+        def __init__(self, *a: Any, lengths: list[int], group_by_length: bool, **kw: Any):
+            super().__init__(*a, **kw)
+            self.coe_lengths = lengths
+            self.coe_group = group_by_length
+
         def get_train_dataloader(self):
-            from torch.utils.data import DataLoader
-
-            sampler_cls = LengthGroupedBatchSampler if optim.group_by_length else ShuffledBatchSampler
+            sampler_cls = LengthGroupedBatchSampler if self.coe_group else ShuffledBatchSampler
             loader = DataLoader(
-                features,  # type: ignore[arg-type]
-                batch_sampler=sampler_cls(lengths, optim.per_device_batch_size, optim.seed),
+                self.train_dataset,  # type: ignore[arg-type]
+                batch_sampler=sampler_cls(
+                    self.coe_lengths, self.args.per_device_train_batch_size, self.args.seed
+                ),
                 collate_fn=self.data_collator,
                 num_workers=0,
             )
             return self.accelerator.prepare(loader)
 
-    log_path = state_dir / "train-log.jsonl"
-    evaluator = (
-        _DevEvaluator(step, tokenizer, eval_examples, state_dir, zero_stage(ds_config))
-        if eval_examples
-        else None
-    )
+    return GroupedBatchTrainer
 
-    class _Callback(TrainerCallback):
-        def __init__(self) -> None:
+
+def _callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class StepCallback(TrainerCallback):
+        """Our train log and progress lines; dev evaluation per epoch; checkpoints to the store."""
+
+        def __init__(self, step: TrainStep, dirs: WorkDirs, evaluator: _DevEvaluator | None):
+            self.step, self.dirs, self.evaluator = step, dirs, evaluator
             self.t_last = time.perf_counter()
             self.tokens_last = 0
 
@@ -377,86 +433,126 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
                 "non_pad_tokens": tokens,
                 "tokens_per_s": round(rate, 1),
             }
-            with log_path.open("a", encoding="utf-8") as f:
+            with self.dirs.log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             progress.report(
-                step=step.name, phase="train", epoch=row["epoch"], loss=row["loss"],
+                step=self.step.name, phase="train", epoch=row["epoch"], loss=row["loss"],
                 done=state.global_step, total=state.max_steps, tokens_per_s=row["tokens_per_s"],
             )  # fmt: skip
 
         def on_epoch_end(self, args, state, control, model=None, **kw):
-            if evaluator is not None:
-                evaluator.evaluate(model, round(state.epoch or 0))
+            if self.evaluator is not None:
+                self.evaluator.evaluate(model, round(state.epoch or 0))
 
         def on_save(self, args, state, control, **kw):
-            _barrier()
-            if state.is_world_process_zero:
-                ckpt = trainer_dir / f"checkpoint-{state.global_step}"
-                shutil.copytree(state_dir, ckpt / STATE_DIR, dirs_exist_ok=True)
-                prefix = join(step.output, CHECKPOINTS, ckpt.name)
-                store = get_store(prefix)
-                store.publish(ckpt, prefix, meta={"global_step": state.global_step})
-                for n, old in published_checkpoints(step.output):
-                    if n != state.global_step:
-                        store.delete_prefix(old)
-            _barrier()
+            publish_checkpoint(self.step, args, self.dirs, state.global_step)
 
-    trainer = _Trainer(
+    return StepCallback
+
+
+def publish_outputs(
+    step: TrainStep,
+    tokenizer: Any,
+    dirs: WorkDirs,
+    final_adapter: Path,
+    evaluator: _DevEvaluator | None,
+    summary: dict[str, Any],
+    context: dict[str, Any],
+) -> None:
+    """World rank 0 assembles ``adapter/`` (the best dev epoch's, else the last), the log, dev
+    metrics and ``resolved-config.json`` in a temp dir and publishes them (manifest last)."""
+    with tempfile.TemporaryDirectory(prefix="coe-train-") as tmp:
+        out = Path(tmp)
+        best = evaluator.best if evaluator else None
+        chosen = dirs.state / "best-adapter" if best else final_adapter
+        _copy_adapter(chosen, out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        if dirs.log.is_file():
+            shutil.copyfile(dirs.log, out / "train-log.jsonl")
+        for f in sorted(dirs.state.glob("dev-metrics-epoch-*.json")):
+            shutil.copyfile(f, out / f.name)
+        if best:
+            (out / "best.json").write_text(json.dumps(best, indent=2))
+            summary["best_epoch"] = best["epoch"]
+            summary["best_dev_weighted_f1"] = best["weighted_f1"]
+        resolved = {"step": json.loads(dump_step(step)), **context, "summary": summary}
+        (out / "resolved-config.json").write_text(json.dumps(resolved, indent=2))
+        publish_step(step, out, meta={"kind": "train", **summary})
+        get_store(step.output).delete_prefix(join(step.output, CHECKPOINTS))  # done: no longer needed
+
+
+def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train, publish ``adapter/`` + tokenizer + ``resolved-config.json`` + ``train-log.jsonl``
+    (+ dev metrics and ``best.json`` with ``eval_file``) under ``step.output``; returns a summary.
+
+    ``extra_callbacks``: more ``transformers.TrainerCallback`` objects (progress displays, tests)."""
+    from transformers import PrinterCallback, set_seed
+
+    from coe_runtime.models import load_tokenizer
+
+    step = step.model_copy(update={"output": normalize_uri(step.output)})
+    ds_config = resolve_deepspeed_config(step.distributed.deepspeed)
+    if ds_config is not None:
+        prepare_deepspeed_env()
+    tokenizer = load_tokenizer(step.base_model)
+    data = load_train_data(step, tokenizer)
+    dirs = WorkDirs(work_dir_for(step))
+    args = training_arguments(step, ds_config, dirs)
+    join_process_group(args, ds_config)
+    resume_from = restore_checkpoint(step, args, dirs)
+
+    # A fresh LoRA's A matrices come from the global RNG: seed it so a run (and its restart) is
+    # reproducible. The Trainer seeds again later, but only after the model exists.
+    set_seed(step.optim.seed)
+    model = build_trainable_model(step, device=None)
+    if step.optim.gradient_checkpointing:
+        # With frozen embeddings the checkpointed blocks would see inputs without grad.
+        model.enable_input_require_grads()
+    evaluator = (
+        _DevEvaluator(step, tokenizer, data.eval_examples, dirs.state, zero_stage(ds_config))
+        if data.eval_examples
+        else None
+    )
+    trainer = _trainer_class()(
         model=model,
         args=args,
-        train_dataset=features,  # type: ignore[arg-type]
+        train_dataset=data.features,  # type: ignore[arg-type]
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[_Callback(), *extra_callbacks],
+        callbacks=[_callback_class()(step, dirs, evaluator), *extra_callbacks],
+        lengths=data.lengths,
+        group_by_length=step.optim.group_by_length,
     )
     # Our progress events and train-log.jsonl replace the Trainer's printed log dicts.
     trainer.remove_callback(PrinterCallback)
-    progress.report(step=step.name, phase="train", message=f"{len(features)} examples on {world} process(es)")
+    world = args.world_size
+    progress.report(
+        step=step.name, phase="train", message=f"{len(data.features)} examples on {world} process(es)"
+    )
     result = trainer.train(resume_from_checkpoint=resume_from)
 
-    # Outputs: rank 0 assembles them in a temp dir and publishes (manifest last).
-    final_adapter = work / "final-adapter"
+    final_adapter = dirs.root / "final-adapter"
     trainer.save_model(str(final_adapter))  # every rank: ZeRO-3 gathers the weights collectively
     summary = {
-        "examples": len(features),
+        "examples": len(data.features),
         "optimizer_steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 6),
         "world_size": world,
         "non_pad_tokens": trainer.state.num_input_tokens_seen,
     }
-    if rank == 0:
-        with tempfile.TemporaryDirectory(prefix="coe-train-") as tmp:
-            out = Path(tmp)
-            best = evaluator.best if evaluator else None
-            chosen = state_dir / "best-adapter" if best else final_adapter
-            _copy_adapter(chosen, out / "adapter")
-            tokenizer.save_pretrained(out / "adapter")
-            if log_path.is_file():
-                shutil.copyfile(log_path, out / "train-log.jsonl")
-            for f in sorted(state_dir.glob("dev-metrics-epoch-*.json")):
-                shutil.copyfile(f, out / f.name)
-            if best:
-                (out / "best.json").write_text(json.dumps(best, indent=2))
-                summary["best_epoch"] = best["epoch"]
-                summary["best_dev_weighted_f1"] = best["weighted_f1"]
-            resolved = {
-                "step": json.loads(dump_step(step)),
-                "deepspeed": ds_config,
-                "lora_from": step.init_adapter or "new adapter from step.lora",
-                "world_size": world,
-                "effective_batch_size": optim.per_device_batch_size
-                * optim.gradient_accumulation_steps
-                * world,
-                "resumed_from": Path(resume_from).name if resume_from else None,
-                "summary": summary,
-            }
-            (out / "resolved-config.json").write_text(json.dumps(resolved, indent=2))
-            store = get_store(step.output)
-            publish_step(step, out, meta={"kind": "train", **summary})
-            store.delete_prefix(join(step.output, CHECKPOINTS))  # done: checkpoints are no longer needed
+    if args.process_index == 0:
+        optim = step.optim
+        context = {
+            "deepspeed": ds_config,
+            "lora_from": step.init_adapter or "new adapter from step.lora",
+            "world_size": world,
+            "effective_batch_size": optim.per_device_batch_size * optim.gradient_accumulation_steps * world,
+            "resumed_from": Path(resume_from).name if resume_from else None,
+        }
+        publish_outputs(step, tokenizer, dirs, final_adapter, evaluator, summary, context)
     _barrier()
-    if local_main:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.local_process_index == 0:
+        shutil.rmtree(dirs.root, ignore_errors=True)
     progress.report(step=step.name, phase="done", **summary)
     return summary
 

@@ -182,7 +182,7 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_end(synthe
     out = tmp_path / "interrupted"
     with pytest.raises(_Interrupt):
         run_train(cfg(out), extra_callbacks=[_StopAt(5)])
-    assert (out / "_checkpoints" / "checkpoint-3" / "MANIFEST.json").is_file()
+    assert (out / "_checkpoints" / "checkpoint-3" / "node-0" / "MANIFEST.json").is_file()  # one part per node
     assert not (out / "MANIFEST.json").exists()
     resumed = run_train(cfg(out))
     assert resumed["optimizer_steps"] == reference["optimizer_steps"] == 8
