@@ -31,6 +31,7 @@ from typing import Any
 
 from coe_runtime.clue_file import Clues, dialogue_key, write_clues
 from coe_runtime.data import SPLITS, Dialogue
+from coe_runtime.model_store import content_key
 from coe_runtime.record import publish_step
 from coe_runtime.step import CluesStep, GenerationSettings, ModelRef
 
@@ -139,11 +140,13 @@ def clean_clue(text: str, max_chars: int = MAX_CLUE_CHARS) -> str:
 
 
 def model_key(ref: ModelRef) -> str:
-    return f"{ref.name_or_path}|dtype={ref.dtype}|seed={ref.seed}"
+    # A model folder in the store is keyed by what it holds (source + digest of its files), so two
+    # experiments' snapshots of one Hub model share the clue cache (coe_runtime.model_store).
+    return f"{content_key(ref.name_or_path)}|dtype={ref.dtype}|seed={ref.seed}"
 
 
 def model_slug(ref: ModelRef) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ref.name_or_path).strip("-")[-60:] or "model"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", content_key(ref.name_or_path)).strip("-")[-60:] or "model"
     return f"{slug}-{hashlib.sha256(model_key(ref).encode()).hexdigest()[:8]}"
 
 

@@ -44,6 +44,10 @@ def runner(kind: str) -> Callable[[Any], dict]:
         from coe_runtime.steer import run_steer_round
 
         return run_steer_round
+    if kind == "model":
+        from coe_runtime.model_store import run_model
+
+        return run_model
     raise AssertionError(kind)
 
 

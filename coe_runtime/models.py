@@ -1,4 +1,5 @@
-"""Load causal LMs and their tokenizers: Hugging Face ids, local paths, and two built-in names.
+"""Load causal LMs and their tokenizers: Hugging Face ids, model folders in the store (``s3://``,
+``file://``) and local paths (coe_runtime.model_store), and two built-in names.
 
 * ``tiny``: a two-layer Llama-architecture model with random weights (a deterministic function of
   ``ModelRef.seed``) and a byte-level BPE tokenizer trained locally on a fixed built-in corpus.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe_runtime.errors import ConfigError
+from coe_runtime.model_store import is_hub_id, model_folder
 from coe_runtime.store import cache_dir
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the controller imports this package too
@@ -218,18 +220,25 @@ def ensure_smollm2() -> Path:
 
 
 def resolve_model_path(ref: ModelRef) -> str:
-    """Local folder (built-in names are built/converted on first use) or the HF id as given."""
+    """A local folder, or a Hub id as given (for transformers to download).
+
+    Built-in names are built/converted on first use; a store URI (``s3://``, ``file://``) is
+    fetched through the node-local cache and verified against its manifest; a local path must be a
+    model folder (coe_runtime.model_store).
+    """
     if ref.name_or_path == TINY:
         return str(ensure_tiny(ref.seed))
     if ref.name_or_path == SMOLLM2_GGUF:
         return str(ensure_smollm2())
-    return ref.name_or_path
+    if is_hub_id(ref.name_or_path):
+        return ref.name_or_path
+    return str(model_folder(ref.name_or_path))
 
 
 def _load_error(ref: ModelRef, what: str, err: Exception) -> ConfigError:
     hint = ""
     if not Path(ref.name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE"):
-        hint = f" (HF_HUB_OFFLINE is set; use a local path, {TINY!r} or {SMOLLM2_GGUF!r})"
+        hint = f" (HF_HUB_OFFLINE is set; use a model folder in the store, a local path, {TINY!r} or {SMOLLM2_GGUF!r})"
     return ConfigError(f"model {ref.name_or_path!r}: cannot load the {what}: {err}{hint}")
 
 

