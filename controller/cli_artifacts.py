@@ -3,6 +3,7 @@
     coe-ctl artifacts ls s3://bucket/exp/erc [--output json]
     coe-ctl artifacts get s3://bucket/exp/erc/adapter ./adapter     # verified against the manifest
     coe-ctl artifacts cp ./coe-runs/demo s3://bucket/demo           # file:// <-> s3:// either way
+    coe-ctl artifacts upload-model ./Mistral-7B s3://bucket/models/mistral-7b   # for baseModel.nameOrPath
 
 S3 settings come from the standard AWS environment (see docs/storage.md).
 """
@@ -41,6 +42,18 @@ def register(subparsers) -> None:
     cp.add_argument("src")
     cp.add_argument("dst")
     cp.set_defaults(func=cmd_cp)
+
+    up = sub.add_parser(
+        "upload-model",
+        help="publish a local model folder in the store (with sha256 digests) for baseModel.nameOrPath",
+        description="Upload a Hugging Face model folder (config.json, weights, tokenizer) to the store "
+        "and publish it with a MANIFEST.json, so that every step pod fetches it through its node-local "
+        "cache and verifies every file. Use the URI as spec.baseModel.nameOrPath.",
+    )
+    up.add_argument("local_dir", help="the model folder (e.g. from `huggingface-cli download --local-dir`)")
+    up.add_argument("uri", help="destination, e.g. s3://bucket/models/mistral-7b-instruct-v0.2")
+    up.add_argument("--source", help="what the model is, recorded in the manifest (default: the folder name)")
+    up.set_defaults(func=cmd_upload_model)
 
 
 def _human(size: int) -> str:
@@ -119,4 +132,16 @@ def cmd_cp(args: argparse.Namespace) -> int:
     else:
         state = "not published: copied without checksum verification"
     print(f"{args.src} -> {result.destination}: {result.files} files, {_human(result.bytes)} ({state})")
+    return 0
+
+
+def cmd_upload_model(args: argparse.Namespace) -> int:
+    from coe_runtime.model_store import upload_model
+
+    manifest = upload_model(args.local_dir, args.uri, source=args.source)
+    print(
+        f"{args.local_dir} -> {normalize_uri(args.uri)}: {len(manifest['files'])} files, "
+        f"{_human(manifest['total_bytes'])} (published with sha256 digests); "
+        f"use it as spec.baseModel.nameOrPath"
+    )
     return 0

