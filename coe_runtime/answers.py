@@ -27,6 +27,8 @@ from coe_runtime.labels import LabelSet
 
 TAG_RE = re.compile(r"<\s*([A-Za-z][A-Za-z _-]*?)\s*>")
 PARSE_METHODS = ("tag", "label", "synonym", "fuzzy", "none")
+# Not a parse: score decoding (coe_runtime.evaluate) picks the label by likelihood, nothing to parse.
+SCORE_METHOD = "score"
 FALLBACK_METHODS = ("fuzzy", "none")
 FUZZY_MAX_WORDS = 3  # longer answers are sentences: never edit-distance matched
 FUZZY_MIN_CHARS = 3  # "ok", "no" are not misspelt labels

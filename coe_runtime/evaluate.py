@@ -1,7 +1,9 @@
-"""Generate on ERC examples, parse each answer against the dataset's own label set, and score.
+"""Answer ERC examples, read each answer against the dataset's own label set, and score.
 
-Used by ``train`` (dev set after each epoch, to choose the best epoch on dev) and by the
-``generate`` step (``run_generate``: the test set, once, with the best adapter).
+Two decodings: ``generate`` (generate text, parse the label from it) and ``score`` (the label
+whose answer text, in the examples' label format, is most likely after the prompt; parse method
+``score``, never unparsed). Used by ``train`` (dev set after each epoch, to choose the best epoch
+on dev) and by the ``generate`` step (``run_generate``: the test set, once, with the best adapter).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from coe_runtime import progress
-from coe_runtime.answers import parse_answer
+from coe_runtime.answers import SCORE_METHOD, parse_answer
 from coe_runtime.data import Example
 from coe_runtime.errors import DataError
 from coe_runtime.generate import Generator, dist_info, init_distributed, read_examples_uri
 from coe_runtime.labels import LabelSet, get_label_set
+from coe_runtime.prompts import answer_texts
 from coe_runtime.record import publish_step
 from coe_runtime.step import GenerateStep, GenerationSettings, LabelSetRef
 
@@ -52,30 +55,51 @@ def evaluate_examples(
     source: str = "examples",
     progress_step: str | None = None,
     progress_phase: str = "generate",
+    decoding: str = "generate",
+    label_format: str = "tag",
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Predictions ``{id, output, parsed_label, gold, parse_method}`` in the order of ``examples``,
-    and the metrics (None when ``with_metrics`` is off or no example has a gold label). With
-    ``progress_step``, progress events (done/total/ETA) are reported while generating."""
+    """Predictions ``{id, output, parsed_label, gold, parse_method, decoding}`` in the order of
+    ``examples`` (score decoding adds ``scores``: each label's log-likelihood), and the metrics
+    (None when ``with_metrics`` is off or no example has a gold label; they record ``decoding``).
+    With ``progress_step``, progress events (done/total/ETA) are reported while answering."""
     from coe_runtime.metrics import compute_metrics
 
+    if decoding not in ("generate", "score"):
+        raise ValueError(f"unknown decoding {decoding!r}; expected 'generate' or 'score'")
     prompts = [ex.prompt for ex in examples]
-    if progress_step:
-        on_progress = progress.throttled(progress_step, progress_phase)
-        outputs = generator.generate(prompts, settings, on_progress=on_progress)
-    else:
-        outputs = generator.generate(prompts, settings)
+    on_progress = progress.throttled(progress_step, progress_phase) if progress_step else None
     predictions = []
-    for ex, out in zip(examples, outputs, strict=True):
-        parsed = parse_answer(out.text, label_set)
-        predictions.append(
-            {
-                "id": ex.id,
-                "output": out.text,
-                "parsed_label": parsed.label,
-                "gold": gold_label(ex, label_set, source),
-                "parse_method": parsed.method,
-            }
-        )
+    if decoding == "score":
+        answers = answer_texts(label_set, label_format)
+        scored = generator.score(prompts, answers, settings.batch_size, on_progress=on_progress)
+        for ex, out in zip(examples, scored, strict=True):
+            predictions.append(
+                {
+                    "id": ex.id,
+                    "output": answers[out.best],
+                    "parsed_label": label_set.labels[out.best],
+                    "gold": gold_label(ex, label_set, source),
+                    "parse_method": SCORE_METHOD,
+                    "decoding": "score",
+                    "scores": {
+                        lab: round(v, 4) for lab, v in zip(label_set.labels, out.logprobs, strict=True)
+                    },
+                }
+            )
+    else:
+        outputs = generator.generate(prompts, settings, on_progress=on_progress)
+        for ex, out in zip(examples, outputs, strict=True):
+            parsed = parse_answer(out.text, label_set)
+            predictions.append(
+                {
+                    "id": ex.id,
+                    "output": out.text,
+                    "parsed_label": parsed.label,
+                    "gold": gold_label(ex, label_set, source),
+                    "parse_method": parsed.method,
+                    "decoding": "generate",
+                }
+            )
     if not with_metrics or not predictions:
         return predictions, None
     unlabelled = [p["id"] for p in predictions if p["gold"] is None]
@@ -91,12 +115,14 @@ def evaluate_examples(
         label_set,
         [p["parse_method"] for p in predictions],
     )
+    metrics["decoding"] = decoding
+    metrics["label_format"] = label_format
     return predictions, metrics
 
 
 def run_generate(step: GenerateStep) -> dict:
-    """Predictions JSONL ``{id, output, parsed_label, gold, parse_method}`` (+ ``metrics.json``),
-    published under ``step.output`` by rank 0."""
+    """Predictions JSONL ``{id, output, parsed_label, gold, parse_method, decoding}`` (+
+    ``metrics.json``), published under ``step.output`` by rank 0."""
     from coe_runtime.metrics import write_metrics
     from coe_runtime.models import default_device
     from coe_runtime.store import normalize_uri
@@ -107,7 +133,11 @@ def run_generate(step: GenerateStep) -> dict:
     examples = read_examples_uri(step.input_file, "input_file")
     progress.report(step=step.name, phase="load", message=f"{len(examples)} examples")
     generator = Generator.load(
-        step.base_model, step.adapter, device=default_device(), label_names=label_set.prompt_names
+        step.base_model,
+        step.adapter,
+        device=default_device(),
+        label_names=label_set.prompt_names,
+        label_format=step.label_format,
     )
     start = time.perf_counter()
     predictions, metrics = evaluate_examples(
@@ -118,9 +148,11 @@ def run_generate(step: GenerateStep) -> dict:
         with_metrics=step.with_metrics,
         source=step.input_file,
         progress_step=step.name,
+        decoding=step.decoding,
+        label_format=step.label_format,
     )
     seconds = time.perf_counter() - start
-    summary = {"examples": len(examples), "seconds": round(seconds, 3)}
+    summary = {"examples": len(examples), "seconds": round(seconds, 3), "decoding": step.decoding}
     if metrics is not None:
         summary.update({k: metrics[k] for k in ("weighted_f1", "accuracy") if k in metrics})
     rank, _ = dist_info()

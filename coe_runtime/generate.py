@@ -2,9 +2,16 @@
 
 What makes it fast (and what the reference lacked): prompts are sorted by length so each batch
 holds similar lengths (little padding), left-padded, KV-cached, and each row stops as soon as its
-answer is complete (the closing ``>`` of a label tag, or EOS); finished rows are removed from the
-batch and its KV cache, so they stop costing work. ``max_new_tokens`` does not depend on the
-prompt length. Greedy by default; sampling (temperature/top-p) is configurable.
+answer is complete (the closing ``>`` of a label tag, the label word itself in the ``word`` label
+format, or EOS); finished rows are removed from the batch and its KV cache, so they stop costing
+work. ``max_new_tokens`` does not depend on the prompt length. Greedy by default; sampling
+(temperature/top-p) is configurable.
+
+Score decoding (:meth:`Generator.score`) is the other way to answer: no text is generated; each
+candidate answer (every label's answer text) is scored by its log-likelihood after the prompt. The
+prompt's KV cache is computed once (batched, left-padded) and shared by all candidates, whose
+tokens then go through the model together in one more forward pass (none when every candidate is
+a single token).
 
 Under ``torch.distributed`` each rank generates a disjoint shard and every rank receives all
 outputs, gathered back into the original order (the reference matched rank-local indices against
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
 
 # A label tag as the answer parser reads it: ``<joy>``, ``< sadness >``.
 _TAG_AT_END = re.compile(r"<\s*([A-Za-z][A-Za-z _-]*?)\s*>[^<>]*$")
+# A first word that is over (a non-letter follows it): the word format's stop without label names.
+_WORD_THEN_BOUNDARY = re.compile(r"[a-z]+[^a-z]")
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,13 @@ class GenOutput:
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
+
+
+@dataclass(frozen=True)
+class ScoreOutput:
+    best: int  # index of the highest-scoring answer (ties: the first)
+    logprobs: tuple[float, ...]  # per answer: the sum of its tokens' log-probabilities after the prompt
+    n_prompt_tokens: int
 
 
 def encode_prompt(
@@ -79,14 +95,28 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 
 class AnswerCompleteStop:
-    """Decides, per row, whether the newest token completes a label tag.
+    """Decides, per row, whether the newest token completes the answer.
 
-    Only rows whose newest token contains ``>`` are decoded (a precomputed id set), so the check
-    costs almost nothing. With ``label_names`` a tag must name a known label; without, any tag.
+    ``tag`` format: the newest token closes a label tag. Only rows whose newest token contains
+    ``>`` are decoded (a precomputed id set), so the check costs almost nothing. With
+    ``label_names`` a tag must name a known label; without, any tag.
+
+    ``word`` format: the text so far starts with a label name that is complete: followed by a
+    non-letter, or the whole text when no other label name extends it (``sad`` waits for the next
+    token when ``sadness`` is a label too). Without ``label_names``, any first word followed by a
+    non-letter. A row that starts with something else runs on (the parser still reads it).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, label_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        label_names: Sequence[str] | None = None,
+        label_format: str = "tag",
+    ):
+        if label_format not in ("tag", "word"):
+            raise ValueError(f"unknown label format {label_format!r}; expected 'tag' or 'word'")
         self.tokenizer = tokenizer
+        self.label_format = label_format
         vocab = tokenizer.get_vocab()
         self.closing_ids = {
             i
@@ -96,6 +126,8 @@ class AnswerCompleteStop:
         self.label_names = {n.lower() for n in label_names} if label_names else None
 
     def is_complete(self, new_tokens: Sequence[int]) -> bool:
+        if self.label_format == "word":
+            return self._word_complete(new_tokens)
         if not new_tokens or new_tokens[-1] not in self.closing_ids:
             return False
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
@@ -103,6 +135,22 @@ class AnswerCompleteStop:
         if m is None:
             return False
         return self.label_names is None or m.group(1).strip().lower() in self.label_names
+
+    def _word_complete(self, new_tokens: Sequence[int]) -> bool:
+        if not new_tokens:
+            return False
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).lstrip().lower()
+        if self.label_names is None:
+            return _WORD_THEN_BOUNDARY.match(text) is not None
+        for name in self.label_names:
+            if not text.startswith(name):
+                continue
+            rest = text[len(name) :]
+            if rest and not rest[0].isalpha():
+                return True
+            if not rest and not any(o != name and o.startswith(name) for o in self.label_names):
+                return True
+        return False
 
 
 def _pick_next(
@@ -132,13 +180,15 @@ class Generator:
         label_names: Sequence[str] | None = None,
         max_prompt_tokens: int | None = None,
         seed: int = 0,
+        label_format: str = "tag",
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.label_names = list(label_names) if label_names else None
         self.max_prompt_tokens = max_prompt_tokens
         self.seed = seed
-        self._stop = AnswerCompleteStop(tokenizer, self.label_names)
+        self.label_format = label_format
+        self._stop = AnswerCompleteStop(tokenizer, self.label_names, label_format)
 
     @classmethod
     def load(
@@ -147,6 +197,7 @@ class Generator:
         adapter: str | None = None,
         device: str | None = None,
         label_names: Sequence[str] | None = None,
+        label_format: str = "tag",
     ) -> Generator:
         """Base model by reference plus an adapter URI/path (None: the base model alone)."""
         from coe_runtime.models import default_device, load_model, load_tokenizer
@@ -154,7 +205,7 @@ class Generator:
         device = device or default_device()
         model = load_model(model_ref, adapter=adapter, device=device)
         model.eval()
-        return cls(model, load_tokenizer(model_ref), label_names=label_names)
+        return cls(model, load_tokenizer(model_ref), label_names=label_names, label_format=label_format)
 
     @property
     def device(self) -> torch.device:
@@ -176,25 +227,163 @@ class Generator:
         """Outputs in the order of ``prompts``. With ``shard`` under torch.distributed, each rank
         does its share and all ranks get every output. ``on_progress(done, total)`` is called after
         every batch with this rank's counts."""
-        rank, world = dist_info() if shard else (0, 1)
-        mine = list(range(rank, len(prompts), world))
-        local = self._generate_local([prompts[i] for i in mine], settings, on_progress)
-        if world == 1:
-            return local
-        import torch.distributed as dist
+        return _sharded(prompts, lambda mine: self._generate_local(mine, settings, on_progress), shard=shard)
 
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, list(zip(mine, local, strict=True)))
-        out: list[GenOutput | None] = [None] * len(prompts)
-        for part in gathered:
-            for i, o in part:
-                if out[i] is not None:
-                    raise RuntimeError(f"generation shard overlap at prompt {i}")
-                out[i] = o
-        missing = [i for i, o in enumerate(out) if o is None]
-        if missing:
-            raise RuntimeError(f"generation shards missed prompts {missing[:10]}")
-        return out  # type: ignore[return-value]
+    def score(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        batch_size: int = 16,
+        shard: bool = True,
+        on_progress: Callable[[int, int], None] | None = None,
+        method: str = "prefix",
+    ) -> list[ScoreOutput]:
+        """Score decoding: for each prompt, the log-likelihood of every answer text after it.
+
+        An answer is tokenised on its own (no special tokens), as training tokenises targets, and
+        follows the prompt's tokens directly. ``method``: ``prefix`` (the default) computes each
+        prompt's KV cache once and feeds all answers' tokens against it in one batch (the cache
+        repeated once per answer; at most ``batch_size`` rows, so it holds as much as generation
+        at that batch size); ``full`` runs every prompt + answer sequence whole (the reference it
+        must equal). Sharded over ranks like :meth:`generate`; outputs in the order of ``prompts``.
+        """
+        if not answers:
+            raise ValueError("score: no answers to score")
+        if method not in ("prefix", "full"):
+            raise ValueError(f"score: unknown method {method!r}; expected 'prefix' or 'full'")
+        answer_ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+        empty = [a for a, ids in zip(answers, answer_ids, strict=True) if not ids]
+        if empty:
+            raise ValueError(f"score: answer {empty[0]!r} has no tokens")
+        return _sharded(
+            prompts,
+            lambda mine: self._score_local(mine, answer_ids, batch_size, method, on_progress),
+            shard=shard,
+        )
+
+    def _score_local(
+        self,
+        prompts: Sequence[str],
+        answer_ids: list[list[int]],
+        batch_size: int,
+        method: str,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> list[ScoreOutput]:
+        import torch
+
+        longest = max(len(a) for a in answer_ids)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        budget = self.max_prompt_tokens or (None if limit is None else max(1, limit - longest))
+        encoded = [encode_prompt(self.tokenizer, p, budget) for p in prompts]
+        # Every answer a single token: the prefill's last logits score them all (no expansion).
+        per_batch = batch_size if longest == 1 else max(1, batch_size // len(answer_ids))
+        results: list[ScoreOutput | None] = [None] * len(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        done = 0
+        try:
+            with torch.inference_mode():
+                for batch in length_sorted_batches([len(e) for e in encoded], per_batch):
+                    rows = [encoded[i] for i in batch]
+                    if method == "prefix":
+                        scores = self._score_prefix_batch(rows, answer_ids)
+                    else:
+                        scores = self._score_full_batch(rows, answer_ids)
+                    for i, row in zip(batch, scores.tolist(), strict=True):
+                        best = max(range(len(row)), key=lambda k: (row[k], -k))
+                        results[i] = ScoreOutput(best, tuple(row), len(encoded[i]))
+                    done += len(batch)
+                    if on_progress is not None:
+                        on_progress(done, len(prompts))
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, position_ids) of left-padded rows, on the model's device."""
+        import torch
+
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return input_ids.to(self.device), attention.to(self.device), positions.to(self.device)
+
+    def _score_prefix_batch(self, rows: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
+        """[prompts, answers] log-likelihoods: one prefill of the prompts, then (when an answer has
+        more than one token) one pass over every (prompt, answer) pair against the shared cache."""
+        import torch
+        from transformers import DynamicCache
+
+        n, k = len(rows), len(answer_ids)
+        input_ids, attention, positions = self._left_padded(rows)
+        cache = DynamicCache()
+        cache_kw = self._cache_kwarg()
+        last = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_kw: cache},
+            **self._last_logits_kwargs(),
+        ).logits[:, -1, :]
+        first = torch.tensor([a[0] for a in answer_ids], device=self.device)
+        scores = torch.log_softmax(last.float(), dim=-1)[:, first]  # [n, k]
+        longest = max(len(a) for a in answer_ids)
+        if longest == 1:
+            return scores.cpu()
+        # Feed tokens 1..L-1 of each answer (right-padded); logits at j predict token j+1.
+        steps = longest - 1
+        feed = torch.full((k, steps), self.tokenizer.pad_token_id, dtype=torch.long)
+        want = torch.zeros((k, steps), dtype=torch.long)
+        mask = torch.zeros((k, steps), dtype=torch.long)
+        for j, a in enumerate(answer_ids):
+            feed[j, : len(a) - 1] = torch.tensor(a[:-1])
+            want[j, : len(a) - 1] = torch.tensor(a[1:])
+            mask[j, : len(a) - 1] = 1
+        feed, want, mask = feed.to(self.device), want.to(self.device), mask.to(self.device)
+        cache.batch_repeat_interleave(k)  # row order: prompt 0 x answers, prompt 1 x answers, ...
+        att = torch.cat([attention.repeat_interleave(k, dim=0), mask.repeat(n, 1)], dim=-1)
+        offsets = torch.arange(1, steps + 1, device=self.device)
+        pos = positions[:, -1:].repeat_interleave(k, dim=0) + offsets
+        logits = self.model(
+            input_ids=feed.repeat(n, 1),
+            attention_mask=att,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kw: cache},
+        ).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, want.repeat(n, 1)[..., None]).squeeze(-1)
+        rest = (logp * mask.repeat(n, 1)).sum(-1).view(n, k)
+        return (scores + rest).cpu()
+
+    def _score_full_batch(self, rows: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
+        """The reference: every prompt + answer sequence in one left-padded batch, no shared cache."""
+        import torch
+
+        n, k = len(rows), len(answer_ids)
+        longest = max(len(a) for a in answer_ids)
+        seqs = [r + a for r in rows for a in answer_ids]
+        input_ids, attention, positions = self._left_padded(seqs)
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            **self._last_logits_kwargs(longest + 1),
+        ).logits[:, -(longest + 1) :, :]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        out = torch.zeros(n * k)
+        for row in range(n * k):
+            a = answer_ids[row % k]
+            # Answer token j sits at position W - len(a) + j; the logit predicting it is one before.
+            start = longest - len(a)
+            idx = torch.arange(start, start + len(a), device=logp.device)
+            tok = torch.tensor(a, device=logp.device)
+            out[row] = logp[row, idx, tok].sum().cpu()
+        return out.view(n, k)
 
     def _generate_local(
         self,
@@ -241,13 +430,13 @@ class Generator:
         releases (``past_key_values`` is deprecated there), ``past_key_values`` before."""
         return "cache" if "cache" in self._forward_params else "past_key_values"
 
-    def _last_logits_kwargs(self) -> dict[str, int]:
-        """Ask the model for the last position's logits only, where it can: the prefill would
+    def _last_logits_kwargs(self, n: int = 1) -> dict[str, int]:
+        """Ask the model for the last ``n`` positions' logits only, where it can: the prefill would
         otherwise project every prompt position onto the vocabulary — for a small model about a
         fifth of the prefill's work and a batch x length x vocabulary tensor (~0.5 GB at batch 16)."""
         for name in ("logits_to_keep", "num_logits_to_keep"):
             if name in self._forward_params:
-                return {name: 1}
+                return {name: n}
         return {}
 
     def _decode_batch(
@@ -309,6 +498,30 @@ class Generator:
             ).logits[:, -1, :]
             next_pos = next_pos + 1
         return new_tokens
+
+
+def _sharded(items: Sequence[Any], work: Callable[[list[Any]], list[Any]], shard: bool = True) -> list[Any]:
+    """``work`` on this rank's share of ``items`` (every ``world``-th one); under torch.distributed
+    every rank gets all results back, in the order of ``items``."""
+    rank, world = dist_info() if shard else (0, 1)
+    mine = list(range(rank, len(items), world))
+    local = work([items[i] for i in mine])
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, list(zip(mine, local, strict=True)))
+    out: list[Any] = [None] * len(items)
+    for part in gathered:
+        for i, o in part:
+            if out[i] is not None:
+                raise RuntimeError(f"generation shard overlap at prompt {i}")
+            out[i] = o
+    missing = [i for i, o in enumerate(out) if o is None]
+    if missing:
+        raise RuntimeError(f"generation shards missed prompts {missing[:10]}")
+    return out
 
 
 def init_distributed() -> None:

@@ -106,7 +106,9 @@ def majority_baseline(
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A plain-text report: headline scores, the per-class table, the confusion matrix."""
     lines = [
-        f"label set: {metrics['label_set']}   examples: {metrics['n']}",
+        f"label set: {metrics['label_set']}   examples: {metrics['n']}"
+        + (f"   decoding: {metrics['decoding']}" if metrics.get("decoding") else "")
+        + (f"   label format: {metrics['label_format']}" if metrics.get("label_format") else ""),
         f"weighted F1: {metrics['weighted_f1']:.2f}   macro F1: {metrics['macro_f1']:.2f}   "
         f"accuracy: {metrics['accuracy']:.2f}",
     ]

@@ -114,7 +114,7 @@ def build_prepared_files(
     files: dict[str, list[Example]] = {}
     if "erc" in step.tasks:
         for split, ds in dialogues.items():
-            examples = build_examples(ds, "erc", label_set, clues, **opts)
+            examples = build_examples(ds, "erc", label_set, clues, label_format=step.label_format, **opts)
             files[f"erc-{split}.jsonl"] = subset_examples(examples, limits[split], src.subset_seed)
     train = dialogues.get("train")
     for task in ("roleplay", "speaker_id"):
@@ -195,6 +195,7 @@ def run_prepare(
         "dataset": {"format": step.dataset.format, "files": dict(step.dataset.files)},
         "history_window": step.dataset.history_window,
         "max_length": step.dataset.max_length,
+        "label_format": step.label_format,
         "token_counter": counter_name,
         "clues": None
         if clues is None

@@ -32,6 +32,8 @@ from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.labels import LabelSet
 
 PROMPT_TASKS = ("erc", "steer", "roleplay", "speaker_id")
+# How the ERC answer is written (coe_runtime.step.LabelFormat): ``tag`` = ``<joy>``, ``word`` = `` joy``.
+LABEL_FORMATS = ("tag", "word")
 # The smallest max_length accepted at all: the fixed parts of a prompt (instruction, question,
 # options, answer format) take about 50-80 tokens with the shipped wording. A given utterance
 # may need more (a long target utterance); ``required_length`` says how much.
@@ -79,13 +81,22 @@ def _instruction(task: str) -> str:
     return "Name the emotion of the target utterance, using the clues and the conversation."
 
 
-def _question(task: str, speaker: str, label_set: LabelSet, candidates: list[str]) -> str:
+def _check_format(label_format: str) -> None:
+    if label_format not in LABEL_FORMATS:
+        raise ConfigError(f"unknown label format {label_format!r}; expected one of {list(LABEL_FORMATS)}")
+
+
+def _question(
+    task: str, speaker: str, label_set: LabelSet, candidates: list[str], label_format: str = "tag"
+) -> str:
     options = ", ".join(label_set.prompt_names)
     if task == "erc":
-        return (
-            f"Which emotion does {speaker} express in the target utterance? Options: {options}.\n"
+        answer = (
             "Answer with one option in angle brackets, like <option>."
+            if label_format == "tag"
+            else "Answer with one option, as a single word."
         )
+        return f"Which emotion does {speaker} express in the target utterance? Options: {options}.\n{answer}"
     if task == "steer":
         return (
             f"Which emotion does {speaker} express in the target utterance? Options: {options}.\n"
@@ -133,6 +144,7 @@ def _render(
     clues: Clues | None,
     cap: int | None,
     candidates: list[str],
+    label_format: str = "tag",
 ) -> str:
     target = dialogue.utterances[index]
     history = dialogue.utterances[history_start:index]
@@ -163,7 +175,9 @@ def _render(
         parts.append(f"### Target utterance\n{target.speaker}: {clean(target.text)}\n")
     elif task == "speaker_id":
         parts.append(f"### Target utterance\n{clean(target.text)}\n")
-    parts.append("### Question\n" + _question(task, target.speaker, label_set, candidates) + "\n")
+    parts.append(
+        "### Question\n" + _question(task, target.speaker, label_set, candidates, label_format) + "\n"
+    )
     parts.append(ANSWER_HEADER)
     return "\n".join(parts)
 
@@ -188,11 +202,14 @@ def build_prompt(
     max_length: int = 1400,
     count_tokens: CountTokens | None = None,
     hint_label: str | None = None,
+    label_format: str = "tag",
 ) -> BuiltPrompt:
     """The prompt for utterance ``index`` of ``dialogue``; ``target`` is counted in the budget.
 
     ``hint_label`` (dataset's own label, STEeR only) adds the STaR rationalization hint.
+    ``label_format`` (ERC only) picks the answer instruction: ``tag`` (``<option>``) or ``word``.
     """
+    _check_format(label_format)
     if task not in PROMPT_TASKS:
         raise ConfigError(f"unknown prompt task {task!r}; expected one of {list(PROMPT_TASKS)}")
     if max_length < MIN_MAX_LENGTH:
@@ -219,7 +236,7 @@ def build_prompt(
         return BuiltPrompt(text, n, index - start, start - window_start, cap)
 
     def size(start: int, cap: int | None) -> tuple[str, int]:
-        text = _render(task, dialogue, index, start, label_set, clues, cap, candidates)
+        text = _render(task, dialogue, index, start, label_set, clues, cap, candidates, label_format)
         return text, count(text) + extra
 
     # 1. Drop the oldest history utterances first: the earliest start that fits (binary search;
@@ -283,20 +300,31 @@ def required_length(
     *,
     target: str = "",
     count_tokens: CountTokens | None = None,
+    label_format: str = "tag",
 ) -> int:
     """Tokens the never-cut parts of this prompt (+ target) need: the smallest workable max_length."""
+    _check_format(label_format)
     count = count_tokens or estimate_tokens
     candidates = speaker_candidates(dialogue) if task == "speaker_id" else []
-    text = _render(task, dialogue, index, index, label_set, None, 0, candidates)
+    text = _render(task, dialogue, index, index, label_set, None, 0, candidates, label_format)
     extra = count(target) if target else 0
     if task == "steer":
         extra += max(count(hint_line(p)) for p in label_set.prompt_names)
     return count(text) + extra
 
 
-def erc_target(label: str, label_set: LabelSet) -> str:
-    """The ERC answer: the label's prompt name in angle brackets, e.g. ``<joyful>``."""
-    return f"<{label_set.to_prompt(label)}>"
+def erc_target(label: str, label_set: LabelSet, label_format: str = "tag") -> str:
+    """The ERC answer in ``label_format``: the label's prompt name in angle brackets (``tag``,
+    ``<joyful>``) or as a plain word after a space (``word``, `` joyful``: the space makes it one
+    whole word for BPE tokenizers, which split the tag into meaningless pieces)."""
+    _check_format(label_format)
+    name = label_set.to_prompt(label)
+    return f"<{name}>" if label_format == "tag" else f" {name}"
+
+
+def answer_texts(label_set: LabelSet, label_format: str = "tag") -> list[str]:
+    """The ERC answer of every label of the set, in the set's order (what score decoding compares)."""
+    return [erc_target(label, label_set, label_format) for label in label_set.labels]
 
 
 def steer_target(rationale: str, label: str, label_set: LabelSet) -> str:

@@ -62,7 +62,17 @@ class GenerationSettings(_Model):
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop_at_label: bool = True  # stop at the closing ">" of the label tag
+    # Stop once the answer names a label: the closing ">" of a tag, or the word itself (labelFormat word).
+    stop_at_label: bool = True
+
+
+# How an ERC answer is written (prompt instruction, training target, stop criterion, scoring):
+# ``tag`` = ``<joy>``; ``word`` = the plain label word after a space, `` joy`` (one whole word for
+# BPE tokenizers such as SmolLM2's, which split ``<fear>`` into ``<``, ``f``, ``ear``, ``>``).
+LabelFormat = Literal["tag", "word"]
+# How an ERC evaluation picks the label: ``generate`` (decode, then parse the text) or ``score``
+# (the label whose answer text has the highest log-likelihood after the prompt; never unparsed).
+Decoding = Literal["generate", "score"]
 
 
 class DistributedSettings(_Model):
@@ -134,6 +144,7 @@ class PrepareStep(_StepBase):
     use_bundled_clues: bool = True
     tasks: list[Literal["erc", "roleplay", "speaker_id", "steer"]] = ["erc"]
     steer: SteerOptions = SteerOptions()
+    label_format: LabelFormat = "tag"  # the ERC answer the prompts ask for and the targets hold
 
 
 class CluesStep(_StepBase):
@@ -158,6 +169,9 @@ class TrainStep(_StepBase):
     lora: LoraSettings = LoraSettings()
     optim: OptimSettings = OptimSettings()
     generation: GenerationSettings = GenerationSettings()
+    # Dev evaluation (with eval_file): how answers are written and how the label is picked.
+    label_format: LabelFormat = "tag"
+    decoding: Decoding = "generate"
 
 
 class GenerateStep(_StepBase):
@@ -169,6 +183,8 @@ class GenerateStep(_StepBase):
     label_set: LabelSetRef = LabelSetRef()
     generation: GenerationSettings = GenerationSettings()
     with_metrics: bool = True  # ERC evaluation: metrics.json beside predictions.jsonl
+    label_format: LabelFormat = "tag"  # the answer format of the examples (stop criterion, scoring)
+    decoding: Decoding = "generate"
 
 
 class SteerRoundStep(_StepBase):

@@ -3,7 +3,8 @@
 =========== ==================================================== ===========================
 task        prompt                                               target
 =========== ==================================================== ===========================
-erc         clues + history + target utterance + label options   ``<prompt_name>``
+erc         clues + history + target utterance + label options   ``<prompt_name>`` (label_format
+                                                                 ``word``: `` prompt_name``)
 roleplay    clues + history, "what does X say next?"             the speaker's actual line
 speaker_id  clues + history + target text + candidate speakers   the speaker's name
 steer       as erc, asking for a rationale first                 memory: rationale + `` <prompt_name>``;
@@ -101,10 +102,12 @@ def build_examples(
     history_window: int = 12,
     max_length: int = 1400,
     seeds: Sequence[Seed] | None = None,
+    label_format: str = "tag",
 ) -> list[Example]:
     """Examples of one task for every utterance of ``dialogues`` (in order).
 
-    For ``steer`` the result is the memory (one per seed, ``meta.steer_set == "memory"``) followed by
+    ``label_format`` shapes the ERC answer (prompt instruction and target); STEeR rationales always
+    end in a tag (it marks where the rationale ends). For ``steer`` the result is the memory (one per seed, ``meta.steer_set == "memory"``) followed by
     the pool (every other utterance, ``"pool"``); see :func:`build_steer_sets`.
     """
     if task not in TASKS:
@@ -122,7 +125,7 @@ def build_examples(
     for d in dialogues:
         for i, u in enumerate(d.utterances):
             if task == "erc":
-                target = erc_target(u.label, label_set)
+                target = erc_target(u.label, label_set, label_format)
             elif task == "roleplay":
                 target = clean(u.text)
             else:
@@ -137,6 +140,7 @@ def build_examples(
                 history_window=history_window,
                 max_length=max_length,
                 count_tokens=count_tokens,
+                label_format=label_format if task == "erc" else "tag",
             )
             if built is not None:
                 out.append(

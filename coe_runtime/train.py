@@ -617,7 +617,12 @@ class _DevEvaluator:
 
             gather = deepspeed.zero.GatheredParameters(list(peft_model.parameters()), modifier_rank=None)
         with gather:
-            generator = Generator(peft_model, self.tokenizer, label_names=self.label_set.prompt_names)
+            generator = Generator(
+                peft_model,
+                self.tokenizer,
+                label_names=self.label_set.prompt_names,
+                label_format=self.step.label_format,
+            )
             _, metrics = evaluate_examples(
                 generator,
                 self.examples,
@@ -626,6 +631,8 @@ class _DevEvaluator:
                 source=str(self.step.eval_file),
                 progress_step=self.step.name,
                 progress_phase="eval",
+                decoding=self.step.decoding,
+                label_format=self.step.label_format,
             )
             rank, _ = dist_info()
             if rank == 0 and metrics is not None:

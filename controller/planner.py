@@ -225,6 +225,10 @@ class _Planner:
             optim=self.optim(stage),
             generation=self.eval_generation,
         )
+        if eval_file:  # the dev evaluation answers like the test step (other stages keep their identity)
+            config = config.model_copy(
+                update={"label_format": self.s.dataset.label_format, "decoding": self.s.evaluation.decoding}
+            )
         return self.add(config, stage, stage, round_)
 
     def model_source(self, model: Any, name: str, secret: Any = None) -> rt.ModelRef:
@@ -299,6 +303,7 @@ class _Planner:
                 clues=clue_uri,
                 tasks=tasks,
                 steer=self.steer,
+                label_format=s.dataset.label_format,
             ),
             "prepare",
             "prepare",
@@ -342,6 +347,8 @@ class _Planner:
                     label_set=self.label_set,
                     generation=self.eval_generation,
                     with_metrics=True,
+                    label_format=s.dataset.label_format,
+                    decoding=s.evaluation.decoding,
                 ),
                 "test",
                 "test",

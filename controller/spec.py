@@ -141,7 +141,8 @@ _describe(
         "do_sample": "Sample instead of greedy decoding.",
         "temperature": "Sampling temperature (with doSample).",
         "top_p": "Nucleus sampling mass (with doSample).",
-        "stop_at_label": "Stop at the closing '>' of the label tag.",
+        "stop_at_label": "Stop once the answer names a label: the closing '>' of the tag, or the word itself "
+        "(dataset.labelFormat word).",
     },
 )
 
@@ -181,6 +182,13 @@ class DatasetSpec(rt.DatasetSource):
 
     files: DatasetFiles = DatasetFiles()
     label_set: LabelSetSpec = LabelSetSpec(name="demo")
+    # Not a reader setting (the clues step does not see it): the planner gives it to prepare,
+    # the ERC training's dev evaluation and the test step.
+    label_format: rt.LabelFormat = Field(
+        "tag",
+        description="How the ERC answer is written: 'tag' = <joy> (in angle brackets), 'word' = the plain "
+        "label word after a space (' joy'; one whole word for BPE tokenizers, which split tags into pieces).",
+    )
 
     @model_validator(mode="after")
     def _files_for_format(self) -> DatasetSpec:
@@ -193,7 +201,7 @@ class DatasetSpec(rt.DatasetSource):
         return self
 
     def to_source(self) -> rt.DatasetSource:
-        data = self.model_dump(exclude={"files"})
+        data = self.model_dump(exclude={"files", "label_format"})
         data["files"] = self.files.as_dict()
         return rt.DatasetSource.model_validate(data)
 
@@ -341,6 +349,11 @@ class EvaluationSpec(_Spec):
         True, description="Score the test set once, with the best adapter (never used for selection)."
     )
     generation: GenerationSpec = Field(GenerationSpec(), description="Generation settings for evaluation.")
+    decoding: rt.Decoding = Field(
+        "generate",
+        description="How dev and test pick the label: 'generate' (generate text, parse it) or 'score' (the "
+        "label whose answer text is most likely after the prompt; one forward pass, never unparsed).",
+    )
 
 
 class Toleration(_Spec):

@@ -184,7 +184,7 @@ def test_run_generate_writes_predictions_in_input_order_and_metrics(trained, syn
     summary = run_generate(step)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"te-{i}" for i in range(13)]
-    assert set(rows[0]) == {"id", "output", "parsed_label", "gold", "parse_method"}
+    assert set(rows[0]) == {"id", "output", "parsed_label", "gold", "parse_method", "decoding"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 13 and metrics["label_set"] == "meld"
     assert summary["examples"] == 13
