@@ -112,11 +112,121 @@ def failing_pod(pods: list[dict], container: str = render.CONTAINER_NAME) -> dic
     return found[0] if found else (pods[0] if pods else None)
 
 
+# -- pod restarts within one job ------------------------------------------------------------------------
+# Kubeflow Training Operator v1.9 (release-1.9) never bounds retryable exits under restartPolicy ExitCode:
+# pkg/controller.v1/common/pod.go ReconcilePods deletes a pod that exited 128-255
+# (pkg/util/train/train_util.go IsRetryableExitCode) and the next reconcile creates it anew, with the
+# job condition Restarting (then Running again); pkg/core/job.go PastBackoffLimit sums the restartCount
+# of Running pods, which stays 0 because such pods have restartPolicy Never (pkg/core/pod.go
+# SetRestartPolicy), and common/job.go ReconcileJobs' other backoff test only fires for backoffLimit 0
+# (its WorkQueue.NumRequeues is util.FakeWorkQueue's constant 0). So an OOM-killed step restarts
+# forever (kubeflow/trainer#2045) unless the controller counts.
+#
+# Nothing in the API counts for us: the recreated pod has the same name (<job>-master-0) and
+# restartCount 0, the job's replicaStatuses are recounted from the pods that exist on every reconcile
+# (pkg/core/status.go InitializeReplicaStatuses), and Restarting and Running replace each other in
+# status.conditions (pkg/util/status.go filterOutCondition), so a job shows only its latest restart.
+# What does change is the pod's uid. So the controller records, in the step's status, the uid of each
+# replica's pod it last saw (``podsSeen``) and the restarts counted so far (``restarts``): a replica
+# whose pod has a new uid was restarted. Pods that come and go between two passes are missed (the count
+# is a lower bound, at least one per pass that sees a change, and the first pod seen is taken for the
+# first one), so the bound always ends the loop, possibly a few restarts late. The exit code is named
+# only when a pass catches the Failed pod before the operator deletes it: the operator records it
+# otherwise only in ExitedWithCode Events, which the controller may not list. The limit is the job's
+# runPolicy.backoffLimit (render.py writes resources.backoffLimit there; cleanPodPolicy None keeps a
+# Failed job's pods for their exit codes; activeDeadlineSeconds only where the spec sets one).
+_KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
+_KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"
+
+
+@dataclass(frozen=True)
+class Restarts:
+    """Pod restarts of one job as far as the controller has seen them (recorded in the step's status)."""
+
+    count: int = 0
+    pods_seen: str = ""  # "<replica>-<index>=<pod uid> ..." of each replica's last seen pod
+    exit_code: int | None = None  # the last retryable exit code a pod showed, when a pass caught it
+
+
+def _parse_seen(text: str) -> dict[str, str]:
+    out = {}
+    for item in (text or "").split():
+        key, _, uid = item.partition("=")
+        if key and uid:
+            out[key] = uid
+    return out
+
+
+def _retryable_failure(pod: dict, container: str) -> int | None:
+    """The exit code of a Failed pod whose ``container`` ended 128-255 (about to be recreated), else None."""
+    if (pod.get("status") or {}).get("phase") != "Failed":
+        return None
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if cs.get("name") == container and term and term.get("exitCode") is not None:
+            code = int(term["exitCode"])
+            return code if code >= 128 else None
+    return None
+
+
+def count_restarts(
+    previous: Restarts | None, pods: list[dict], container: str = render.CONTAINER_NAME
+) -> Restarts:
+    """The restarts of one job after looking at its pods now, given what was recorded before (pure).
+
+    A restart is a replica whose pod has another uid than the one seen before (the operator deleted
+    and recreated it). A Failed pod with a retryable code is not counted yet, only its code noted: with
+    backoffLimit 0 the operator fails the job instead of recreating the pod.
+    """
+    prev = previous or Restarts()
+    seen = _parse_seen(prev.pods_seen)
+    count, code = prev.count, prev.exit_code
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        rtype = str(labels.get(_KUBEFLOW_REPLICA_TYPE, "")).lower()
+        key = f"{rtype}-{labels.get(_KUBEFLOW_REPLICA_INDEX, '')}" if rtype else str(meta.get("name", ""))
+        uid = str(meta.get("uid") or f"{meta.get('name')}@{meta.get('creationTimestamp')}")
+        if key in seen and seen[key] != uid:
+            count += 1
+        seen[key] = uid
+        failed = _retryable_failure(pod, container)
+        if failed is not None:
+            code = failed
+    return Restarts(count, " ".join(f"{k}={uid}" for k, uid in sorted(seen.items())), code)
+
+
+def exit_code_meaning(code: int | None) -> str:
+    """A few words on a retryable exit code (the runtime's contract: coe_runtime.errors)."""
+    if code is None:
+        return "not seen: the training operator deletes such a pod at once"
+    if code == 137:
+        return "137: SIGKILL, most often the OOM killer (raise resources.memory or cut the batch size)"
+    if code == 143:
+        return "143: SIGTERM (preemption, node drain or eviction)"
+    if code == 175:
+        return "175: transient storage or network trouble, or a failed rendezvous"
+    if code == 176:
+        return "176: a peer rank or pod was lost"
+    if 128 < code < 160:
+        return f"{code}: killed by signal {code - 128}"
+    return str(code)
+
+
+def restart_limit(job: dict, policy: RetryPolicy) -> int:
+    """The job's own runPolicy.backoffLimit (rendered from resources.backoffLimit when it was created),
+    else the policy's."""
+    limit = ((job.get("spec") or {}).get("runPolicy") or {}).get("backoffLimit")
+    return int(limit) if isinstance(limit, int) and not isinstance(limit, bool) else policy.restart_limit
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 2  # new jobs for a step after a failed one
     backoff_base_s: float = 10.0  # delay before retry k is base * 2**(k-1), capped
     backoff_max_s: float = 300.0
+    # Pod restarts allowed within one job (resources.backoffLimit) when the job does not say its own.
+    restart_limit: int = 3
 
     def delay(self, failed_attempt: int) -> float:
         return min(self.backoff_base_s * 2 ** max(failed_attempt - 1, 0), self.backoff_max_s)
@@ -245,6 +355,7 @@ class _StepView:
     reason: str = ""
     message: str = ""
     metrics: dict = field(default_factory=dict)
+    restarts: Restarts | None = None  # pod restarts of the job named by job_name
 
     def record(self) -> dict:
         rec: dict[str, Any] = {
@@ -266,8 +377,22 @@ class _StepView:
             rec["metrics"] = self.metrics
         if self.fingerprint:
             rec["fingerprint"] = self.fingerprint
+        r = self.restarts
+        if r is not None and (r.count or r.pods_seen):
+            rec["restarts"] = r.count
+            rec["podsSeen"] = r.pods_seen
+            if r.exit_code is not None:
+                rec["lastExitCode"] = r.exit_code
         rec["output"] = self.output
         return rec
+
+
+def _recorded_restarts(record: dict | None, job_name: str | None) -> Restarts | None:
+    """What the status recorded of a job's restarts (only for that same job)."""
+    if not record or not job_name or record.get("jobName") != job_name or "restarts" not in record:
+        return None
+    code = record.get("lastExitCode")
+    return Restarts(int(record.get("restarts") or 0), str(record.get("podsSeen") or ""), code)
 
 
 def _condition(
@@ -302,6 +427,7 @@ def decide(
     metrics: dict[str, dict] | None = None,
     job_state=None,
     exit_codes: dict[str, int] | None = None,
+    restarts: dict[str, Restarts] | None = None,
 ) -> list[Action]:
     """What to do next for one experiment, from what is observable now.
 
@@ -309,11 +435,16 @@ def decide(
     output manifest is in the store; ``observed_jobs``: the PyTorchJobs the experiment owns;
     ``metrics``: step name -> metrics summary of published steps; ``exit_codes``: job name -> the exit
     code that ended a Failed job, where its pods tell it (a permanent one ends the experiment at once;
-    a retryable or unknown one is retried). Never looks at event types or order.
+    a retryable or unknown one is retried); ``restarts``: job name -> the pod restarts counted for an
+    unfinished job (:func:`count_restarts`; a job missing here keeps what the status recorded). A job
+    whose pods restarted more often than its ``runPolicy.backoffLimit`` ends its step Failed, reason
+    ``RestartLimitExceeded``, without a retry: the controller may not delete the job, and a new one
+    beside it would double its GPUs. Never looks at event types or order.
     """
     policy = policy or RetryPolicy()
     metrics = metrics or {}
     exit_codes = exit_codes or {}
+    restarts = restarts or {}
     state_of = job_state or render.renderer().state
     meta = experiment.get("metadata", {})
     gen = int(meta.get("generation") or 1)
@@ -350,6 +481,7 @@ def decide(
             v.start = st.start_time or (jobs[0].get("metadata", {}).get("creationTimestamp"))
             v.finish = st.finish_time
             v.reason, v.message = st.reason, st.message
+            v.restarts = restarts.get(v.job_name) or _recorded_restarts(old_steps.get(step.name), v.job_name)
         if step.name in published_steps:
             v.state = StepState.SUCCEEDED
             v.metrics = metrics.get(step.name, {})
@@ -367,7 +499,7 @@ def decide(
             attempt = job_attempt(jobs[-1])
             st = state_of(jobs[-1])
             fail_reason = None
-            permanent = False
+            permanent = False  # no new attempt for this failure
             if st.phase == "Succeeded":
                 finished_at = parse_iso(st.finish_time) or now
                 if now - finished_at < VERIFY_GRACE_S:
@@ -391,6 +523,19 @@ def decide(
                     fail_reason = (st.reason or "JobFailed", st.message or f"job {v.job_name} failed")
             else:
                 v.state = StepState(st.phase)
+                limit = restart_limit(jobs[-1], policy)
+                if v.restarts is not None and v.restarts.count > limit:
+                    permanent = True
+                    fail_reason = (
+                        "RestartLimitExceeded",
+                        f"the pods of job {v.job_name} restarted {v.restarts.count} time(s), more than "
+                        f"resources.backoffLimit ({limit}); last exit code "
+                        f"{exit_code_meaning(v.restarts.exit_code)}. The training operator recreates a "
+                        "pod that exits 128-255 without counting it against runPolicy.backoffLimit "
+                        "(kubeflow/trainer#2045). The job is left as it is (the controller does not delete "
+                        f"jobs): delete it (kubectl delete pytorchjob {v.job_name}) or the experiment to "
+                        "free its GPUs",
+                    )
             if fail_reason:
                 v.reason, v.message = fail_reason
                 if attempt <= policy.max_retries and not permanent:
@@ -404,6 +549,7 @@ def decide(
                             meta.get("name", ""), step.name, attempt + 1, _fingerprint(step)
                         )
                         v.finish = None
+                        v.restarts = None  # counted per job: the new one starts from none
                     else:
                         v.state = StepState.BACKOFF
                         want(due - now)
@@ -435,6 +581,20 @@ def decide(
     # -- events for transitions (compared with the recorded status) -------------------------------------
     for v in views:
         before = old_steps.get(v.name, {})
+        if (
+            v.restarts is not None
+            and v.state in ACTIVE_STATES
+            and v.job_name == before.get("jobName")
+            and v.restarts.count > int(before.get("restarts") or 0)
+        ):
+            actions.append(
+                EmitEvent(
+                    "Warning",
+                    "StepPodRestarted",
+                    f"step {v.name}: the pods of job {v.job_name} restarted {v.restarts.count} time(s) "
+                    f"(last exit code {exit_code_meaning(v.restarts.exit_code)})",
+                )
+            )
         if v.state.value == before.get("state") and v.attempts == before.get("attempts", 0):
             continue
         if v.state == StepState.STARTING:
@@ -670,8 +830,13 @@ def reconcile(
 
     selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
     jobs = [j for j in kube.list_jobs(ns, selector) if owned_by(j, uid)]
-    policy = RetryPolicy(max_retries=spec.spec.resources.max_retries, backoff_base_s=backoff_base_s)
+    policy = RetryPolicy(
+        max_retries=spec.spec.resources.max_retries,
+        backoff_base_s=backoff_base_s,
+        restart_limit=spec.spec.resources.backoff_limit,
+    )
     exit_codes = observe_exit_codes(kube, ns, obj, jobs, job_renderer)
+    restarts = observe_restarts(kube, ns, obj, jobs, job_renderer)
     actions = decide(
         obj,
         steps,
@@ -682,6 +847,7 @@ def reconcile(
         metrics=metrics,
         job_state=job_renderer.state,
         exit_codes=exit_codes,
+        restarts=restarts,
     )
     by_name = {s.name: s for s in steps}
     requeue: float | None = None
@@ -737,6 +903,31 @@ def observe_exit_codes(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_ren
         if code is not None:
             codes[name] = code
     return codes
+
+
+def observe_restarts(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_renderer) -> dict[str, Restarts]:
+    """job name -> its pod restarts so far, for the latest job of each step while it is unfinished
+    (pods by label, counted with what the step's status recorded: :func:`count_restarts`).
+
+    Pods that cannot be read leave the recorded count as it was (decide() keeps it).
+    """
+    status = obj.get("status") or {}
+    if is_final(status, int(obj.get("metadata", {}).get("generation") or 1)):
+        return {}
+    recorded = {s.get("jobName"): s for s in status.get("steps") or [] if s.get("jobName")}
+    out: dict[str, Restarts] = {}
+    for step_jobs in jobs_by_step(jobs).values():
+        last = step_jobs[-1]
+        if job_renderer.state(last).finished:
+            continue
+        name = last["metadata"]["name"]
+        try:
+            pods = kube.list_pods(ns, f"{render.LABEL_JOB}={render.label_value(name)}")
+        except KubeError as e:
+            log.warning("%s/%s: cannot read the pods of %s: %s", ns, obj["metadata"]["name"], name, e)
+            continue
+        out[name] = count_restarts(_recorded_restarts(recorded.get(name), name), pods)
+    return out
 
 
 def _emit(kube: Kube, obj: dict, ev: EmitEvent, now: float) -> None:

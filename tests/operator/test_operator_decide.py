@@ -326,3 +326,153 @@ def test_status_shows_the_log_of_the_pod_whose_failure_ended_the_job():
 
     status = {"steps": [{"name": "erc", "state": "Failed", "jobName": "x-erc-1"}, {"name": "test"}]}
     assert failing_logs(Pods(), "ns", status) == {"erc": "(pod erc-worker-0)\nlog of erc-worker-0"}
+
+
+# -- pod restarts within one job: bounded by resources.backoffLimit ------------------------------------
+def _live_pod(
+    uid: str, phase: str = "Running", exit_code: int | None = None, replica: str = "master"
+) -> dict:
+    state = {"terminated": {"exitCode": exit_code}} if exit_code is not None else {"running": {}}
+    return {
+        "metadata": {
+            "name": f"j-{replica}-0",
+            "uid": uid,
+            "labels": {
+                "training.kubeflow.org/replica-type": replica,
+                "training.kubeflow.org/replica-index": "0",
+            },
+        },
+        "status": {
+            "phase": phase,
+            "containerStatuses": [{"name": "pytorch", "restartCount": 0, "state": state}],
+        },
+    }
+
+
+def test_restarts_are_counted_from_recreated_pods():
+    """Under restartPolicy ExitCode the operator deletes a pod that exits 128-255 and creates a new one
+    of the same name: the uid tells it, restartCount stays 0."""
+    from coe_controller.reconcile import Restarts, count_restarts
+
+    first = count_restarts(None, [_live_pod("a")])
+    assert first == Restarts(0, "master-0=a", None)  # the first pod seen is the first one
+    # caught Failed with 137 before the operator deleted it: the code is noted, not counted yet
+    # (with backoffLimit 0 the operator fails the job instead of recreating the pod)
+    caught = count_restarts(first, [_live_pod("a", "Failed", 137)])
+    assert (caught.count, caught.exit_code) == (0, 137)
+    assert count_restarts(caught, []) == caught  # deleted, not recreated yet: nothing new
+    second = count_restarts(caught, [_live_pod("b", "Pending")])
+    assert (second.count, second.pods_seen, second.exit_code) == (1, "master-0=b", 137)
+    assert count_restarts(second, [_live_pod("b")]) == second  # the same pod again: no change
+    # a pod that came and went between two looks is missed: one restart per change seen (a lower bound)
+    third = count_restarts(second, [_live_pod("d"), _live_pod("w1", replica="worker")])
+    assert (third.count, third.pods_seen) == (2, "master-0=d worker-0=w1")
+    # a permanent code is not a restart's code
+    assert count_restarts(third, [_live_pod("d", "Failed", 2)]).exit_code == 137
+
+
+def _restarting_job(attempt: int = 1, backoff_limit: int | None = 3) -> dict:
+    j = job("erc", attempt, CREATED, ("Restarting", "True"))
+    if backoff_limit is not None:
+        j["spec"] = {"runPolicy": {"backoffLimit": backoff_limit}}
+    return j
+
+
+def test_restarts_within_the_limit_are_recorded_and_reported():
+    from coe_controller.reconcile import Restarts
+
+    j = _restarting_job()
+    name = j["metadata"]["name"]
+    actions = decide(
+        experiment(), PLAN, {"prepare"}, [j], NOW, restarts={name: Restarts(3, "master-0=x", 137)}
+    )
+    assert creates(actions) == []
+    status = status_of(actions)
+    assert status["phase"] == "Running"
+    erc = status["steps"][1]
+    assert erc["state"] == "Restarting"
+    assert (erc["restarts"], erc["podsSeen"], erc["lastExitCode"]) == (3, "master-0=x", 137)
+    events = [a for a in actions if isinstance(a, EmitEvent) and a.reason == "StepPodRestarted"]
+    assert events == []  # no earlier record of this job in the status: nothing to compare with
+    before = {**status, "steps": [*status["steps"][:1], {**erc, "restarts": 2}, *status["steps"][2:]]}
+    again = decide(
+        experiment(before), PLAN, {"prepare"}, [j], NOW, restarts={name: Restarts(3, "master-0=x", 137)}
+    )
+    events = [a for a in again if isinstance(a, EmitEvent) and a.reason == "StepPodRestarted"]
+    assert len(events) == 1 and "restarted 3 time(s)" in events[0].message and "OOM" in events[0].message
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_more_restarts_than_the_limit_fail_the_step_without_a_new_job(max_retries):
+    """The operator never counts these restarts (kubeflow/trainer#2045); the controller does, and a job
+    over its runPolicy.backoffLimit ends the experiment with RestartLimitExceeded. No retry, even with
+    retries left: the job cannot be deleted by the controller and a second one beside it doubles GPUs."""
+    from coe_controller.reconcile import Restarts
+
+    j = _restarting_job(backoff_limit=3)
+    name = j["metadata"]["name"]
+    actions = decide(
+        experiment(),
+        PLAN,
+        {"prepare"},
+        [j],
+        NOW,
+        policy=RetryPolicy(max_retries=max_retries),
+        restarts={name: Restarts(4, "master-0=x", 137)},
+    )
+    assert creates(actions) == []
+    status = status_of(actions)
+    assert status["phase"] == "Failed" and status["reason"] == "RestartLimitExceeded"
+    assert status["message"].startswith("step erc failed after 1 attempt(s): ")
+    assert "restarted 4 time(s), more than resources.backoffLimit (3)" in status["message"]
+    assert "last exit code 137: SIGKILL, most often the OOM killer" in status["message"]
+    assert f"kubectl delete pytorchjob {name}" in status["message"]
+    assert status["steps"][1]["state"] == "Failed" and status["steps"][1]["restarts"] == 4
+    assert status["steps"][2]["state"] == "Waiting"
+    # exactly at the limit is still allowed
+    ok = decide(experiment(), PLAN, {"prepare"}, [j], NOW, restarts={name: Restarts(3, "master-0=x")})
+    assert status_of(ok)["phase"] == "Running"
+
+
+def test_the_limit_is_the_jobs_own_and_the_count_survives_in_the_status():
+    from coe_controller.reconcile import Restarts
+
+    # no runPolicy on the job: the policy's limit (resources.backoffLimit of the spec)
+    j = _restarting_job(backoff_limit=None)
+    name = j["metadata"]["name"]
+    over = decide(
+        experiment(),
+        PLAN,
+        {"prepare"},
+        [j],
+        NOW,
+        policy=RetryPolicy(restart_limit=1),
+        restarts={name: Restarts(2)},
+    )
+    assert status_of(over)["reason"] == "RestartLimitExceeded"
+    assert "exit code not seen" in status_of(over)["message"]
+    # the job's own runPolicy.backoffLimit (frozen when it was created) wins over the policy's
+    j0 = _restarting_job(backoff_limit=0)
+    status = status_of(
+        decide(
+            experiment(),
+            PLAN,
+            {"prepare"},
+            [j0],
+            NOW,
+            policy=RetryPolicy(restart_limit=5),
+            restarts={name: Restarts(1)},
+        )
+    )
+    assert status["reason"] == "RestartLimitExceeded" and "resources.backoffLimit (0)" in status["message"]
+    # pods unreadable this pass (no observation for the job): what the status recorded still counts
+    recorded = status_of(
+        decide(experiment(), PLAN, {"prepare"}, [j], NOW, restarts={name: Restarts(3, "master-0=x")})
+    )
+    assert recorded["phase"] == "Running"
+    later = decide(experiment(recorded), PLAN, {"prepare"}, [j], NOW + 5, policy=RetryPolicy(restart_limit=2))
+    assert status_of(later)["reason"] == "RestartLimitExceeded"
+    # a record of another job of the step (an earlier attempt) says nothing about this one
+    other = {**recorded, "steps": [{**s, "jobName": "someone-else"} for s in recorded["steps"]]}
+    fresh = decide(experiment(other), PLAN, {"prepare"}, [j], NOW + 5, policy=RetryPolicy(restart_limit=2))
+    assert status_of(fresh)["phase"] == "Running"

@@ -172,7 +172,11 @@ def test_restarts_at_every_point_create_each_job_exactly_once(cluster):
 def test_failed_once_is_retried_and_always_failing_ends_failed(cluster):
     api, harness, controller, tmp = cluster
     harness.fail_attempts = {"erc": 1}
-    submit(api, experiment_doc(["erc"], f"file://{tmp}/store"))
+    # A retryable exit (175) fails a job only where runPolicy.backoffLimit is 0 (the training operator's
+    # ReconcileJobs; with a higher limit the pod is recreated instead: see the restart-limit tests).
+    doc = experiment_doc(["erc"], f"file://{tmp}/store")
+    doc["spec"]["resources"]["backoffLimit"] = 0
+    submit(api, doc)
     controller.start()
     status = drive(api, harness)["status"]
     assert status["phase"] == "Succeeded", status
@@ -183,7 +187,9 @@ def test_failed_once_is_retried_and_always_failing_ends_failed(cluster):
 
     # a step that always fails: max_retries=1 -> two attempts, then the experiment fails with the reason
     harness.fail_attempts = {"erc": 99}
-    submit(api, experiment_doc(["erc"], f"file://{tmp}/store2", name="bad", max_retries=1))
+    bad_doc = experiment_doc(["erc"], f"file://{tmp}/store2", name="bad", max_retries=1)
+    bad_doc["spec"]["resources"]["backoffLimit"] = 0
+    submit(api, bad_doc)
     deadline = time.time() + 60
     while phase(api, "bad") not in ("Succeeded", "Failed") and time.time() < deadline:
         harness.step_all()
@@ -319,4 +325,83 @@ def test_an_edited_finished_experiment_reruns_exactly_the_changed_steps(cluster)
     for name in ("erc", "test"):
         old = tmp / "store" / "exp" / name / before[name] / "MANIFEST.json"
         assert old.is_file(), old
+    validate_writes(api)
+
+
+def _conditions_over_time(api: KubeAPI, job_name: str) -> list[dict[str, str]]:
+    """The True conditions of every stored version of one job, in order (repeats dropped)."""
+    out: list[dict[str, str]] = []
+    for version in api.history("pytorchjobs"):
+        if version["metadata"]["name"] != job_name:
+            continue
+        true = {
+            c["type"]: c["reason"]
+            for c in (version.get("status") or {}).get("conditions") or []
+            if c["status"] == "True"
+        }
+        if not out or out[-1] != true:
+            out.append(true)
+    return out
+
+
+def test_a_step_oom_killed_on_every_run_ends_failed_after_the_restart_limit(cluster):
+    """Issue 16: exit 137 under restartPolicy ExitCode makes the training operator recreate the pod,
+    never fail the job, never count it against runPolicy.backoffLimit (kubeflow/trainer#2045). The
+    controller counts the recreated pods and ends the experiment after resources.backoffLimit (3)."""
+    import re
+
+    api, harness, controller, tmp = cluster
+    harness.fail_attempts, harness.fail_code = {"erc": 99}, 137
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store", max_retries=2))
+    controller.start()
+    started = time.monotonic()
+    status = drive(api, harness, timeout=90)["status"]
+    assert time.monotonic() - started < 90
+    assert status["phase"] == "Failed" and status["reason"] == "RestartLimitExceeded", status
+    assert "step erc failed after 1 attempt(s)" in status["message"]
+    assert "more than resources.backoffLimit (3)" in status["message"]
+    assert re.search(r"last exit code (137: SIGKILL, most often the OOM killer|not seen)", status["message"])
+    erc = next(s for s in status["steps"] if s["name"] == "erc")
+    assert erc["state"] == "Failed" and erc["restarts"] >= 4 and erc.get("lastExitCode", 137) == 137
+    # one job, never retried beside itself; its pod was recreated each time, more often than counted
+    erc_jobs = [j for j in api.created("pytorchjobs") if "-erc-" in j]
+    assert [without_fingerprint(j) for j in erc_jobs] == ["exp-erc-a1"]
+    assert harness.pods_created[erc_jobs[0]] >= erc["restarts"] + 1
+    assert not any("-test-" in j for j in api.created("pytorchjobs"))
+    # what the operator wrote: Restarting and Running by turns, never Failed
+    seen = _conditions_over_time(api, erc_jobs[0])
+    assert {"Created": "PyTorchJobCreated", "Restarting": "PyTorchJobRestarting"} in seen, seen
+    assert {"Created": "PyTorchJobCreated", "Running": "PyTorchJobRunning"} in seen, seen
+    assert not any("Failed" in s or "Restarting" in s and "Running" in s for s in seen), seen
+    events = [e for e in api.objects("events", NS) if e["reason"] in ("StepPodRestarted", "ExperimentFailed")]
+    assert {e["reason"] for e in events} == {"StepPodRestarted", "ExperimentFailed"}, events
+    # finished: the controller leaves it alone (no status churn, no new job) while the pod keeps restarting
+    before = experiment(api)["status"]
+    for _ in range(5):
+        harness.step_all()
+        time.sleep(0.3)
+    assert experiment(api)["status"] == before
+    assert [j for j in api.created("pytorchjobs") if "-erc-" in j] == erc_jobs
+    validate_writes(api)
+
+
+def test_a_step_that_fails_retryably_once_restarts_its_pod_not_its_job(cluster):
+    """Exit 137 once, then success: the operator recreates the pod in the same job, which succeeds."""
+    api, harness, controller, tmp = cluster
+    harness.fail_runs, harness.fail_code = {"erc": 1}, 137
+    submit(api, experiment_doc(["erc"], f"file://{tmp}/store"))
+    controller.start()
+    status = drive(api, harness)["status"]
+    assert status["phase"] == "Succeeded", status
+    erc = next(s for s in status["steps"] if s["name"] == "erc")
+    assert erc["attempts"] == 1 and without_fingerprint(erc["jobName"]) == "exp-erc-a1"
+    assert erc.get("restarts", 0) <= 1  # at most the one restart (a pass may miss a quick one)
+    erc_jobs = [j for j in api.created("pytorchjobs") if "-erc-" in j]
+    assert erc_jobs == [erc["jobName"]]
+    assert all(n == 1 for n in job_posts(api).values()), job_posts(api)
+    assert harness.pods_created[erc["jobName"]] == 2 and harness.pod_runs["erc"] == 2
+    seen = _conditions_over_time(api, erc["jobName"])
+    assert seen.index({"Created": "PyTorchJobCreated", "Restarting": "PyTorchJobRestarting"}) < seen.index(
+        {"Created": "PyTorchJobCreated", "Succeeded": "PyTorchJobSucceeded"}
+    ), seen
     validate_writes(api)
