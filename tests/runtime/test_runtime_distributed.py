@@ -106,3 +106,79 @@ def test_sharded_generation_returns_every_id_once_in_order(trained, synthetic_fi
     )
     assert [r["output"] for r in rows] == [o.text for o in single]
     assert all(r["gold"] is not None for r in rows)
+
+
+def _node(rank: int, port: int, config: Path, cache: Path, log: Path) -> subprocess.Popen:
+    """One pod of a 2-node step: torchrun with its own node rank and its own local disk (cache)."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+        "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+        "-m", "coe_runtime", "train", "--config", str(config),
+    ]  # fmt: skip
+    from coe_runtime.store import cache_dir
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": child_pythonpath(),
+        "COE_CACHE_DIR": str(cache),
+        # DeepSpeed's JIT-built op is not what this test is about: build it once for the session.
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
+        or str(cache_dir() / "torch_extensions"),
+    }
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def test_a_two_node_step_killed_after_a_checkpoint_resumes_from_every_nodes_shards(synthetic_files, tmp_path):
+    """Issue 16: only node 0 used to publish checkpoint-N, so node 1's ZeRO shard was lost with its
+    emptyDir and any restart of a 2-node step failed. Both nodes now publish their part."""
+    import shutil
+    import signal
+    import time
+
+    from coe_runtime.train import published_checkpoints
+
+    out = tmp_path / "out"
+    cfg = train_config(
+        out,
+        synthetic_files["train"],
+        name="two-node",
+        distributed={"nnodes": 2, "nproc_per_node": 1, "deepspeed": "zero2"},
+        optim={"epochs": 8, "checkpoint_every_steps": 2, "per_device_batch_size": 8},
+    )
+    config = tmp_path / "two-node.json"
+    config.write_text(json.dumps(cfg))
+    caches = [tmp_path / f"node{k}-disk" for k in (0, 1)]
+
+    def launch(tag: str) -> list[subprocess.Popen]:
+        port = _free_port()
+        return [_node(k, port, config, caches[k], tmp_path / f"{tag}-node{k}.log") for k in (0, 1)]
+
+    nodes = launch("first")
+    deadline = time.monotonic() + 600
+    while not published_checkpoints(f"file://{out}", nnodes=2):
+        assert time.monotonic() < deadline, (tmp_path / "first-node1.log").read_text()[-3000:]
+        assert all(p.poll() is None for p in nodes), (tmp_path / "first-node0.log").read_text()[-3000:]
+        time.sleep(0.05)
+    for p in nodes:  # both pods lost (preempted), their local disks with them
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not (out / "MANIFEST.json").exists(), "the step finished before it could be killed"
+    parts = sorted(p.parent.name for p in (out / "_checkpoints").glob("checkpoint-*/node-*/MANIFEST.json"))
+    assert {"node-0", "node-1"} <= set(parts)
+    for cache in caches:
+        shutil.rmtree(cache)
+
+    nodes = launch("again")
+    codes = [p.wait(timeout=600) for p in nodes]
+    assert codes == [0, 0], (tmp_path / "again-node0.log").read_text()[-3000:] + (
+        tmp_path / "again-node1.log"
+    ).read_text()[-3000:]
+    resolved = json.loads((out / "resolved-config.json").read_text())
+    assert (resolved["resumed_from"] or "").startswith("checkpoint-"), resolved
+    assert resolved["world_size"] == 2 and resolved["deepspeed"]["zero_optimization"]["stage"] == 2
+    steps = [json.loads(line)["step"] for line in (out / "train-log.jsonl").read_text().splitlines()]
+    total = resolved["summary"]["optimizer_steps"]
+    assert steps == list(range(1, total + 1))  # no step twice, none missing
