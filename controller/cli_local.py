@@ -150,6 +150,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             reads = [c.memory, c.pool]
         elif s.kind in ("prepare", "clues"):
             reads = [f"{c.dataset.format} data"] + ([c.clues] if getattr(c, "clues", None) else [])
+        elif s.kind == "model":
+            reads = [f"Hub {c.base_model.name_or_path}" + (f"@{c.revision}" if c.revision else "")]
         r = s.resources
         res = (
             f"{r.gpus_per_pod} GPU x{c.distributed.nproc_per_node} proc x{c.distributed.nnodes} node"
