@@ -236,6 +236,11 @@ class HuggingFaceHub:
     def resolve(self, repo_id: str, revision: str | None) -> tuple[str, list[str]]:
         from huggingface_hub import HfApi
 
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise ConfigError(
+                f"model {repo_id}: HF_HUB_OFFLINE is set, but a Hub id must be downloaded once; unset it "
+                "where the model step runs, or use a model folder in the store or a local path"
+            )
         with _hub_errors(repo_id, revision):
             info = HfApi().model_info(repo_id, revision=revision)
         return str(info.sha), [s.rfilename for s in info.siblings or []]
@@ -268,6 +273,8 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
         ) from None
     except hf.RevisionNotFoundError:
         raise ConfigError(f"{where}: no such revision on the Hub") from None
+    except hf.OfflineModeIsEnabled as e:
+        raise ConfigError(f"{where}: {e}") from None
     except hf.HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):

@@ -179,3 +179,88 @@ def test_content_key_names_a_published_model_by_source_and_digest(tmp_path, cach
     assert content_key(a) == content_key(b)
     assert content_key(a).startswith("test-org/tiny@sha256:")
     assert content_key("test-org/tiny") == "test-org/tiny"
+
+
+# -- the real Hub client, with huggingface_hub's network calls replaced ----------------------------
+class _Info:
+    def __init__(self, sha, names):
+        self.sha = sha
+        self.siblings = [type("S", (), {"rfilename": n})() for n in names]
+
+
+def test_huggingface_hub_client_downloads_only_the_chosen_files(tmp_path, monkeypatch, tiny_dir):
+    import fnmatch
+
+    import huggingface_hub
+
+    repo = tmp_path / "remote"
+    shutil.copytree(tiny_dir, repo)
+    (repo / "pytorch_model.bin").write_bytes(b"old copy")
+    names = sorted(p.name for p in repo.iterdir())
+    calls = {}
+
+    def model_info(self, repo_id, revision=None, **kw):
+        calls["info"] = (repo_id, revision)
+        return _Info("c0ffee" * 6 + "abcd", names)
+
+    def snapshot_download(repo_id, revision=None, local_dir=None, allow_patterns=None, **kw):
+        calls["download"] = (repo_id, revision, list(allow_patterns))
+        for name in names:
+            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                shutil.copyfile(repo / name, f"{local_dir}/{name}")
+        (tmp_path / "out" / ".cache" / "huggingface").mkdir(parents=True)  # what huggingface_hub leaves
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    meta = snapshot("org/tiny", "main", tmp_path / "out", model_store.HuggingFaceHub())
+    assert calls["info"] == ("org/tiny", "main")
+    commit = "c0ffee" * 6 + "abcd"
+    assert calls["download"][:2] == ("org/tiny", commit)  # the resolved commit, not the branch
+    assert "pytorch_model.bin" not in calls["download"][2] and "model.safetensors" in calls["download"][2]
+    assert meta == {"source": "org/tiny", "revision": "main", "commit": commit, "files": len(names) - 1}
+    assert not (tmp_path / "out" / ".cache").exists()
+    assert not (tmp_path / "out" / "pytorch_model.bin").exists()
+
+
+def test_hub_errors_are_permanent_or_retryable_as_the_contract_says(monkeypatch):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import errors as hf
+
+    from coe_runtime.errors import TransientStoreError
+
+    req = httpx2.Request("GET", "https://huggingface.co/api/models/org/m")
+
+    def answer(status, cls=hf.HfHubHTTPError):
+        def model_info(self, repo_id, revision=None, **kw):
+            raise cls("refused", response=httpx2.Response(status, request=req))
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+
+    client = model_store.HuggingFaceHub()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for status, cls, kind, message in [
+        (401, hf.GatedRepoError, ConfigError, "gated repository"),
+        (404, hf.RepositoryNotFoundError, ConfigError, "no such repository"),
+        (404, hf.RevisionNotFoundError, ConfigError, "no such revision"),
+        (403, hf.HfHubHTTPError, ConfigError, "refused access"),
+        (503, hf.HfHubHTTPError, TransientStoreError, "unavailable"),
+        (429, hf.HfHubHTTPError, TransientStoreError, "unavailable"),
+    ]:
+        answer(status, cls)
+        with pytest.raises(kind, match=message) as caught:
+            client.resolve("org/m", "v1")
+        assert "model org/m@v1" in str(caught.value)
+        assert type(caught.value) is kind or kind is ConfigError
+
+    def no_network(self, repo_id, revision=None, **kw):
+        raise httpx2.ConnectError("name resolution failed", request=req)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    with pytest.raises(TransientStoreError, match="cannot reach the Hub"):
+        client.resolve("org/m", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+        client.resolve("org/m", None)
