@@ -123,6 +123,10 @@ def status_schema() -> dict:
             "message": {"type": "string"},
             "output": {"type": "string"},
             "fingerprint": {"type": "string"},
+            # pod restarts of the step's current job, counted by the controller (v1.9 keeps no count)
+            "restarts": {"type": "integer", "minimum": 0},
+            "podsSeen": {"type": "string"},
+            "lastExitCode": {"type": "integer"},
             "metrics": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
     }

@@ -209,6 +209,19 @@ class Kube:
             body,
         )
 
+    def delete_job(self, namespace: str, name: str) -> None:
+        self._require(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, "delete")
+        self._call(
+            f"delete pytorchjob {namespace}/{name}",
+            self._custom.delete_namespaced_custom_object,
+            PYTORCHJOB_GROUP,
+            PYTORCHJOB_VERSION,
+            namespace,
+            PYTORCHJOB_PLURAL,
+            name,
+            propagation_policy="Foreground",
+        )
+
     # -- core objects --------------------------------------------------------------------------------
     def create_configmap(self, namespace: str, body: dict) -> dict:
         self._require("", "configmaps", "create")

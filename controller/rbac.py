@@ -44,8 +44,9 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission(GROUP, PLURAL, ("get", "list", "watch")),
     # the controller writes status only (never the spec): merge-patch on the status subresource
     Permission(GROUP, f"{PLURAL}/status", ("patch",)),
-    # one PyTorchJob per step attempt; never updated or deleted (ownerReferences clean up)
-    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("list", "watch", "create")),
+    # one PyTorchJob per step attempt, never updated; deleted only when its pods were recreated past
+    # the restart limit (v1.9 never fails such a job, which would hold its GPUs forever)
+    Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("list", "watch", "create", "delete")),
     # the pods of a Failed job, by label: their exit code tells a permanent failure (1-127: bad
     # config or data, never retried) from a retryable one
     Permission("", "pods", ("list",)),

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from coe_controller import render
-from coe_controller.kube import Conflict, Kube, KubeError
+from coe_controller.kube import Conflict, Kube, KubeError, NotFound
 
 log = logging.getLogger("coe_controller.reconcile")
 
@@ -256,7 +256,15 @@ class Requeue:
     after_s: float
 
 
-Action = CreateJob | EmitEvent | SetStatus | Requeue
+@dataclass(frozen=True)
+class DeleteJob:
+    """Stop a job that will never end by itself (pods recreated past the restart limit) and free its
+    GPUs; its pods go with it (foreground propagation)."""
+
+    job: str
+
+
+Action = CreateJob | EmitEvent | SetStatus | Requeue | DeleteJob
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -438,8 +446,8 @@ def decide(
     a retryable or unknown one is retried); ``restarts``: job name -> the pod restarts counted for an
     unfinished job (:func:`count_restarts`; a job missing here keeps what the status recorded). A job
     whose pods restarted more often than its ``runPolicy.backoffLimit`` ends its step Failed, reason
-    ``RestartLimitExceeded``, without a retry: the controller may not delete the job, and a new one
-    beside it would double its GPUs. Never looks at event types or order.
+    ``RestartLimitExceeded``, without a retry, and the job is deleted (:class:`DeleteJob`): it would
+    otherwise restart forever holding its GPUs. Never looks at event types or order.
     """
     policy = policy or RetryPolicy()
     metrics = metrics or {}
@@ -461,6 +469,7 @@ def decide(
     by_step = jobs_by_step(observed_jobs)
     actions: list[Action] = []
     creates: list[CreateJob] = []
+    deletes: list[DeleteJob] = []
     requeue: float | None = None
     views: list[_StepView] = []
     failed: _StepView | None = None
@@ -532,10 +541,9 @@ def decide(
                         f"resources.backoffLimit ({limit}); last exit code "
                         f"{exit_code_meaning(v.restarts.exit_code)}. The training operator recreates a "
                         "pod that exits 128-255 without counting it against runPolicy.backoffLimit "
-                        "(kubeflow/trainer#2045). The job is left as it is (the controller does not delete "
-                        f"jobs): delete it (kubectl delete pytorchjob {v.job_name}) or the experiment to "
-                        "free its GPUs",
+                        "(kubeflow/trainer#2045); the controller deleted the job to free its GPUs",
                     )
+                    deletes.append(DeleteJob(v.job_name or ""))
             if fail_reason:
                 v.reason, v.message = fail_reason
                 if attempt <= policy.max_retries and not permanent:
@@ -625,7 +633,7 @@ def decide(
         kind = "Warning" if phase == Phase.FAILED else "Normal"
         actions.append(EmitEvent(kind, f"Experiment{phase.value}", message))
 
-    actions = [*creates, *actions]
+    actions = [*deletes, *creates, *actions]
     if status != old:
         actions.append(SetStatus(status))
     if requeue is not None:
@@ -867,6 +875,10 @@ def reconcile(
                 log.info(
                     "%s/%s: %s exists already (created before a restart)", ns, name, job["metadata"]["name"]
                 )
+        elif isinstance(action, DeleteJob):
+            with contextlib.suppress(NotFound):
+                kube.delete_job(ns, action.job)
+            log.info("%s/%s: deleted %s (restart limit exceeded)", ns, name, action.job)
         elif isinstance(action, EmitEvent):
             _emit(kube, obj, action, now)
         elif isinstance(action, SetStatus):

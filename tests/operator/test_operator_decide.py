@@ -8,6 +8,7 @@ import pytest
 from coe_controller import render
 from coe_controller.reconcile import (
     CreateJob,
+    DeleteJob,
     EmitEvent,
     Requeue,
     RetryPolicy,
@@ -426,7 +427,8 @@ def test_more_restarts_than_the_limit_fail_the_step_without_a_new_job(max_retrie
     assert status["message"].startswith("step erc failed after 1 attempt(s): ")
     assert "restarted 4 time(s), more than resources.backoffLimit (3)" in status["message"]
     assert "last exit code 137: SIGKILL, most often the OOM killer" in status["message"]
-    assert f"kubectl delete pytorchjob {name}" in status["message"]
+    assert "the controller deleted the job to free its GPUs" in status["message"]
+    assert [a for a in actions if isinstance(a, DeleteJob)] == [DeleteJob(name)]
     assert status["steps"][1]["state"] == "Failed" and status["steps"][1]["restarts"] == 4
     assert status["steps"][2]["state"] == "Waiting"
     # exactly at the limit is still allowed
