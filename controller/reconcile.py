@@ -38,11 +38,13 @@ class Phase(StrEnum):
 
 
 # Allowed transitions (docs/operator.md draws its diagram from this table).
+# Leaving a terminal phase needs a new generation of the spec (an edit is a new request: the steps
+# whose fingerprints did not change are reused); decide() enforces this table (allowed_transition).
 PHASE_TRANSITIONS: dict[Phase, tuple[Phase, ...]] = {
     Phase.PENDING: (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED),
     Phase.RUNNING: (Phase.SUCCEEDED, Phase.FAILED),
-    Phase.SUCCEEDED: (),
-    Phase.FAILED: (Phase.PENDING,),  # only an invalid spec that the user then fixes
+    Phase.SUCCEEDED: (Phase.PENDING, Phase.RUNNING, Phase.FAILED),  # after an edit only
+    Phase.FAILED: (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED),  # after an edit (or a fixed spec) only
 }
 
 
@@ -424,6 +426,191 @@ def _condition(
     }
 
 
+@dataclass
+class _Pass:
+    """What one decide() pass has concluded so far (the pieces below add to it)."""
+
+    experiment: str
+    now: float
+    policy: RetryPolicy
+    creates: list[CreateJob] = field(default_factory=list)
+    deletes: list[DeleteJob] = field(default_factory=list)
+    requeue: float | None = None
+    failed: _StepView | None = None
+
+    def want(self, after: float) -> None:
+        self.requeue = after if self.requeue is None else min(self.requeue, after)
+
+    def start(self, v: _StepView, step: Any, attempt: int, attempts_so_far: int) -> None:
+        self.creates.append(CreateJob(step.name, attempt))
+        v.state = StepState.STARTING
+        v.attempts = attempts_so_far + 1
+        v.job_name = render.job_name(self.experiment, step.name, attempt, _fingerprint(step))
+        v.finish = None
+        v.restarts = None  # counted per job: a new one starts from none
+
+
+def _observed_view(step: Any, jobs: list[dict], state_of, restarts: dict, old_step: dict | None) -> _StepView:
+    """A step as its latest job shows it (state decided later)."""
+    v = _StepView(
+        step.name, step.kind, step.output, StepState.WAITING, _fingerprint(step), attempts=len(jobs)
+    )
+    if jobs:
+        last = jobs[-1]
+        st = state_of(last)
+        v.job_name = last["metadata"]["name"]
+        v.start = st.start_time or (jobs[0].get("metadata", {}).get("creationTimestamp"))
+        v.finish = st.finish_time
+        v.reason, v.message = st.reason, st.message
+        v.restarts = restarts.get(v.job_name) or _recorded_restarts(old_step, v.job_name)
+    return v
+
+
+def _judge_job(
+    v: _StepView, step: Any, job: dict, st: Any, exit_codes: dict, p: _Pass
+) -> tuple[tuple | None, bool]:
+    """(failure (reason, message) or None, permanent?) of a step's latest job; sets the live states."""
+    if st.phase == "Succeeded":
+        finished_at = parse_iso(st.finish_time) or p.now
+        if p.now - finished_at < VERIFY_GRACE_S:
+            v.state = StepState.VERIFYING
+            p.want(max(1.0, VERIFY_GRACE_S - (p.now - finished_at)))
+            return None, False
+        return ("OutputsNotPublished", f"job {v.job_name} succeeded but {step.output} has no manifest"), False
+    if st.phase == "Failed":
+        code = exit_codes.get(v.job_name or "")
+        if code is not None and is_permanent_exit(code):
+            return (
+                "PermanentExitCode",
+                f"exit code {code} is permanent (1-127: bad config or data), not retried; "
+                f"job {v.job_name}: {st.message or st.reason or 'failed'}",
+            ), True
+        return (st.reason or "JobFailed", st.message or f"job {v.job_name} failed"), False
+    v.state = StepState(st.phase)
+    limit = restart_limit(job, p.policy)
+    if v.restarts is not None and v.restarts.count > limit:
+        p.deletes.append(DeleteJob(v.job_name or ""))
+        return (
+            "RestartLimitExceeded",
+            f"the pods of job {v.job_name} restarted {v.restarts.count} time(s), more than "
+            f"resources.backoffLimit ({limit}); last exit code "
+            f"{exit_code_meaning(v.restarts.exit_code)}. The training operator recreates a "
+            "pod that exits 128-255 without counting it against runPolicy.backoffLimit "
+            "(kubeflow/trainer#2045); the controller deleted the job to free its GPUs",
+        ), True
+    return None, False
+
+
+def _retry_or_fail(v: _StepView, step: Any, jobs: list[dict], st: Any, permanent: bool, p: _Pass) -> None:
+    """After a failed attempt: a new one after the backoff delay, or the step fails for good."""
+    attempt = job_attempt(jobs[-1])
+    if attempt > p.policy.max_retries or permanent:
+        v.state = StepState.FAILED
+        p.failed = p.failed or v
+        return
+    due = (parse_iso(st.finish_time) or p.now) + p.policy.delay(attempt)
+    if p.now >= due:
+        p.start(v, step, attempt + 1, len(jobs))
+    else:
+        v.state = StepState.BACKOFF
+        p.want(due - p.now)
+
+
+def _decide_step(step: Any, v: _StepView, jobs: list[dict], published: set, ctx: dict, p: _Pass) -> None:
+    if step.name in published:
+        v.state = StepState.SUCCEEDED
+        v.metrics = ctx["metrics"].get(step.name, {})
+        v.finish = v.finish or ctx["old_steps"].get(step.name, {}).get("finishTime") or iso(p.now)
+        v.reason, v.message = "", ""
+        return
+    if not jobs:
+        # A tentative step (past an undecided STEeR round) may change or vanish: never start it.
+        if not getattr(step, "tentative", False) and all(n in published for n in step.needs):
+            p.start(v, step, 1, 0)
+            v.start = iso(p.now)
+        return
+    st = ctx["state_of"](jobs[-1])
+    failure, permanent = _judge_job(v, step, jobs[-1], st, ctx["exit_codes"], p)
+    if failure:
+        v.reason, v.message = failure
+        _retry_or_fail(v, step, jobs, st, permanent, p)
+
+
+def _phase_of(views: list[_StepView], plan: list, p: _Pass) -> tuple[Phase, str, str]:
+    if p.failed is not None:
+        p.creates = []  # no new work once the experiment has failed
+        for v in views:
+            if v.state == StepState.STARTING:
+                v.state, v.attempts = StepState.WAITING, v.attempts - 1
+        message = f"step {p.failed.name} failed after {p.failed.attempts} attempt(s): {p.failed.message}"
+        return Phase.FAILED, p.failed.reason or "StepFailed", message
+    if plan and all(v.state == StepState.SUCCEEDED for v in views):
+        return Phase.SUCCEEDED, "AllStepsSucceeded", f"{len(views)} steps succeeded"
+    if any(v.state != StepState.WAITING for v in views):
+        current = [v.name for v in views if v.state not in (StepState.WAITING, StepState.SUCCEEDED)]
+        return Phase.RUNNING, "StepsRunning", "running: " + ", ".join(current) if current else "between steps"
+    return Phase.PENDING, "Waiting", "no step can start yet"
+
+
+def allowed_transition(old: str | None, new: Phase, new_generation: bool) -> bool:
+    """PHASE_TRANSITIONS, enforced: staying put is always allowed; leaving a terminal phase only
+    for a new generation of the spec (an edit is a new request)."""
+    if old is None or old == new.value:
+        return True
+    before = Phase(old)
+    if before in (Phase.SUCCEEDED, Phase.FAILED) and not new_generation:
+        return False
+    return new in PHASE_TRANSITIONS[before]
+
+
+def _step_events(views: list[_StepView], old_steps: dict) -> list[EmitEvent]:
+    """Events for the step transitions since the recorded status."""
+    events: list[EmitEvent] = []
+    for v in views:
+        before = old_steps.get(v.name, {})
+        if (
+            v.restarts is not None
+            and v.state in ACTIVE_STATES
+            and v.job_name == before.get("jobName")
+            and v.restarts.count > int(before.get("restarts") or 0)
+        ):
+            events.append(
+                EmitEvent(
+                    "Warning",
+                    "StepPodRestarted",
+                    f"step {v.name}: the pods of job {v.job_name} restarted {v.restarts.count} time(s) "
+                    f"(last exit code {exit_code_meaning(v.restarts.exit_code)})",
+                )
+            )
+        if v.state.value == before.get("state") and v.attempts == before.get("attempts", 0):
+            continue
+        if v.state == StepState.STARTING:
+            first = v.attempts == 1
+            what = (
+                "started"
+                if first
+                else f"retried (attempt {v.attempts}) after {before.get('reason') or v.reason}"
+            )
+            events.append(
+                EmitEvent(
+                    "Normal" if first else "Warning",
+                    "StepStarted" if first else "StepRetried",
+                    f"step {v.name} {what}: job {v.job_name}",
+                )
+            )
+        elif v.state == StepState.SUCCEEDED:
+            events.append(EmitEvent("Normal", "StepSucceeded", f"step {v.name} published {v.output}"))
+        elif v.state == StepState.BACKOFF and before.get("state") != StepState.BACKOFF.value:
+            events.append(
+                EmitEvent(
+                    "Warning",
+                    "StepAttemptFailed",
+                    f"step {v.name} attempt {v.attempts} failed: {v.reason}: {v.message}",
+                )
+            )
+    return events
+
+
 def decide(
     experiment: dict,
     plan: list,
@@ -448,196 +635,58 @@ def decide(
     whose pods restarted more often than its ``runPolicy.backoffLimit`` ends its step Failed, reason
     ``RestartLimitExceeded``, without a retry, and the job is deleted (:class:`DeleteJob`): it would
     otherwise restart forever holding its GPUs. Never looks at event types or order.
+
+    In named parts: each step is viewed (:func:`_observed_view`) and decided (:func:`_decide_step`:
+    published, ready to start, or judged by its latest job and retried or failed), then the phase
+    (:func:`_phase_of`, checked against PHASE_TRANSITIONS), the status and the events.
     """
-    policy = policy or RetryPolicy()
-    metrics = metrics or {}
-    exit_codes = exit_codes or {}
-    restarts = restarts or {}
-    state_of = job_state or render.renderer().state
     meta = experiment.get("metadata", {})
     gen = int(meta.get("generation") or 1)
     old = experiment.get("status") or {}
-    old_conditions = old.get("conditions") or []
-    old_steps = {s.get("name"): s for s in old.get("steps") or []}
-
     # Terminal phases stay terminal for the generation that reached them: a finished experiment is a
     # record, not a request. An edited spec (a new generation) is a new request: it is planned again,
     # and the steps whose fingerprints did not change are reused from the store.
     if is_final(old, gen):
         return []
-
+    p = _Pass(meta.get("name", ""), now, policy or RetryPolicy())
+    old_steps = {s.get("name"): s for s in old.get("steps") or []}
+    ctx = {
+        "metrics": metrics or {},
+        "exit_codes": exit_codes or {},
+        "state_of": job_state or render.renderer().state,
+        "old_steps": old_steps,
+    }
     by_step = jobs_by_step(observed_jobs)
-    actions: list[Action] = []
-    creates: list[CreateJob] = []
-    deletes: list[DeleteJob] = []
-    requeue: float | None = None
     views: list[_StepView] = []
-    failed: _StepView | None = None
-
-    def want(after: float) -> None:
-        nonlocal requeue
-        requeue = after if requeue is None else min(requeue, after)
-
     for step in plan:
         jobs = jobs_of_step(by_step, step)
-        v = _StepView(
-            step.name, step.kind, step.output, StepState.WAITING, _fingerprint(step), attempts=len(jobs)
-        )
-        if jobs:
-            last = jobs[-1]
-            st = state_of(last)
-            v.job_name = last["metadata"]["name"]
-            v.start = st.start_time or (jobs[0].get("metadata", {}).get("creationTimestamp"))
-            v.finish = st.finish_time
-            v.reason, v.message = st.reason, st.message
-            v.restarts = restarts.get(v.job_name) or _recorded_restarts(old_steps.get(step.name), v.job_name)
-        if step.name in published_steps:
-            v.state = StepState.SUCCEEDED
-            v.metrics = metrics.get(step.name, {})
-            v.finish = v.finish or old_steps.get(step.name, {}).get("finishTime") or iso(now)
-            v.reason, v.message = "", ""
-        elif not jobs:
-            # A tentative step (past an undecided STEeR round) may change or vanish: never start it.
-            if not getattr(step, "tentative", False) and all(n in published_steps for n in step.needs):
-                v.state = StepState.STARTING
-                v.attempts = 1
-                v.start = iso(now)
-                creates.append(CreateJob(step.name, 1))
-                v.job_name = render.job_name(meta.get("name", ""), step.name, 1, _fingerprint(step))
-        else:
-            attempt = job_attempt(jobs[-1])
-            st = state_of(jobs[-1])
-            fail_reason = None
-            permanent = False  # no new attempt for this failure
-            if st.phase == "Succeeded":
-                finished_at = parse_iso(st.finish_time) or now
-                if now - finished_at < VERIFY_GRACE_S:
-                    v.state = StepState.VERIFYING
-                    want(max(1.0, VERIFY_GRACE_S - (now - finished_at)))
-                else:
-                    fail_reason = (
-                        "OutputsNotPublished",
-                        f"job {v.job_name} succeeded but {step.output} has no manifest",
-                    )
-            elif st.phase == "Failed":
-                code = exit_codes.get(v.job_name or "")
-                permanent = code is not None and is_permanent_exit(code)
-                if permanent:
-                    fail_reason = (
-                        "PermanentExitCode",
-                        f"exit code {code} is permanent (1-127: bad config or data), not retried; "
-                        f"job {v.job_name}: {st.message or st.reason or 'failed'}",
-                    )
-                else:
-                    fail_reason = (st.reason or "JobFailed", st.message or f"job {v.job_name} failed")
-            else:
-                v.state = StepState(st.phase)
-                limit = restart_limit(jobs[-1], policy)
-                if v.restarts is not None and v.restarts.count > limit:
-                    permanent = True
-                    fail_reason = (
-                        "RestartLimitExceeded",
-                        f"the pods of job {v.job_name} restarted {v.restarts.count} time(s), more than "
-                        f"resources.backoffLimit ({limit}); last exit code "
-                        f"{exit_code_meaning(v.restarts.exit_code)}. The training operator recreates a "
-                        "pod that exits 128-255 without counting it against runPolicy.backoffLimit "
-                        "(kubeflow/trainer#2045); the controller deleted the job to free its GPUs",
-                    )
-                    deletes.append(DeleteJob(v.job_name or ""))
-            if fail_reason:
-                v.reason, v.message = fail_reason
-                if attempt <= policy.max_retries and not permanent:
-                    finished_at = parse_iso(st.finish_time) or now
-                    due = finished_at + policy.delay(attempt)
-                    if now >= due:
-                        creates.append(CreateJob(step.name, attempt + 1))
-                        v.state = StepState.STARTING
-                        v.attempts = len(jobs) + 1
-                        v.job_name = render.job_name(
-                            meta.get("name", ""), step.name, attempt + 1, _fingerprint(step)
-                        )
-                        v.finish = None
-                        v.restarts = None  # counted per job: the new one starts from none
-                    else:
-                        v.state = StepState.BACKOFF
-                        want(due - now)
-                else:
-                    v.state = StepState.FAILED
-                    failed = failed or v
+        v = _observed_view(step, jobs, ctx["state_of"], restarts or {}, old_steps.get(step.name))
+        _decide_step(step, v, jobs, set(published_steps), ctx, p)
         views.append(v)
 
-    # -- phase ---------------------------------------------------------------------------------------
-    if failed is not None:
-        phase = Phase.FAILED
-        reason = failed.reason or "StepFailed"
-        message = f"step {failed.name} failed after {failed.attempts} attempt(s): {failed.message}"
-        creates = []  # no new work once the experiment has failed
-        for v in views:
-            if v.state == StepState.STARTING:
-                v.state, v.attempts = StepState.WAITING, v.attempts - 1
-    elif plan and all(v.state == StepState.SUCCEEDED for v in views):
-        phase, reason, message = Phase.SUCCEEDED, "AllStepsSucceeded", f"{len(views)} steps succeeded"
-    elif any(v.state != StepState.WAITING for v in views):
-        phase, reason = Phase.RUNNING, "StepsRunning"
-        current = [v.name for v in views if v.state not in (StepState.WAITING, StepState.SUCCEEDED)]
-        message = "running: " + ", ".join(current) if current else "between steps"
-    else:
-        phase, reason, message = Phase.PENDING, "Waiting", "no step can start yet"
-
-    status = _status(old, views, phase, reason, message, gen, now, old_conditions)
-
-    # -- events for transitions (compared with the recorded status) -------------------------------------
-    for v in views:
-        before = old_steps.get(v.name, {})
-        if (
-            v.restarts is not None
-            and v.state in ACTIVE_STATES
-            and v.job_name == before.get("jobName")
-            and v.restarts.count > int(before.get("restarts") or 0)
-        ):
-            actions.append(
-                EmitEvent(
-                    "Warning",
-                    "StepPodRestarted",
-                    f"step {v.name}: the pods of job {v.job_name} restarted {v.restarts.count} time(s) "
-                    f"(last exit code {exit_code_meaning(v.restarts.exit_code)})",
-                )
-            )
-        if v.state.value == before.get("state") and v.attempts == before.get("attempts", 0):
-            continue
-        if v.state == StepState.STARTING:
-            kind = "Normal" if v.attempts == 1 else "Warning"
-            what = (
-                "started"
-                if v.attempts == 1
-                else f"retried (attempt {v.attempts}) after {before.get('reason') or v.reason}"
-            )
-            actions.append(
-                EmitEvent(
-                    kind,
-                    "StepStarted" if v.attempts == 1 else "StepRetried",
-                    f"step {v.name} {what}: job {v.job_name}",
-                )
-            )
-        elif v.state == StepState.SUCCEEDED:
-            actions.append(EmitEvent("Normal", "StepSucceeded", f"step {v.name} published {v.output}"))
-        elif v.state == StepState.BACKOFF and before.get("state") != StepState.BACKOFF.value:
-            actions.append(
-                EmitEvent(
-                    "Warning",
-                    "StepAttemptFailed",
-                    f"step {v.name} attempt {v.attempts} failed: {v.reason}: {v.message}",
-                )
-            )
+    phase, reason, message = _phase_of(views, plan, p)
+    # An InvalidSpec failure is a verdict on the spec, not a finished run: a spec that now parses
+    # (fixed, or a newer controller) starts it, like an edit would.
+    new_generation = int(old.get("observedGeneration") or gen) < gen or old.get("reason") == "InvalidSpec"
+    if not allowed_transition(old.get("phase"), phase, new_generation):
+        log.error(
+            "%s: phase %s -> %s is not allowed; keeping %s",
+            p.experiment,
+            old.get("phase"),
+            phase,
+            old.get("phase"),
+        )
+        return []
+    status = _status(old, views, phase, reason, message, gen, now, old.get("conditions") or [])
+    actions: list[Action] = [*p.deletes, *p.creates, *_step_events(views, old_steps)]
     if phase.value != old.get("phase"):
-        kind = "Warning" if phase == Phase.FAILED else "Normal"
-        actions.append(EmitEvent(kind, f"Experiment{phase.value}", message))
-
-    actions = [*deletes, *creates, *actions]
+        actions.append(
+            EmitEvent("Warning" if phase == Phase.FAILED else "Normal", f"Experiment{phase.value}", message)
+        )
     if status != old:
         actions.append(SetStatus(status))
-    if requeue is not None:
-        actions.append(Requeue(requeue))
+    if p.requeue is not None:
+        actions.append(Requeue(p.requeue))
     return actions
 
 
@@ -951,8 +1000,10 @@ def _emit(kube: Kube, obj: dict, ev: EmitEvent, now: float) -> None:
 
 def state_diagram() -> str:
     """The phase machine as a Mermaid diagram (docs/operator.md embeds it; a test keeps them equal)."""
+    terminal = (Phase.SUCCEEDED, Phase.FAILED)
     lines = ["stateDiagram-v2", f"    [*] --> {Phase.PENDING.value}"]
     for src, targets in PHASE_TRANSITIONS.items():
-        lines += [f"    {src.value} --> {dst.value}" for dst in targets]
-    lines += [f"    {p.value} --> [*]" for p, targets in PHASE_TRANSITIONS.items() if not targets]
+        label = " : edited spec" if src in terminal else ""
+        lines += [f"    {src.value} --> {dst.value}{label}" for dst in targets]
+    lines += [f"    {p.value} --> [*]" for p in terminal]
     return "\n".join(lines)

@@ -576,22 +576,34 @@ class TrainingOperator:
         a real cluster shows a Failed pod before the operator deletes it depends on informer latency
         and is not knowable here (usually well under a second).
         """
+        from kubernetes.client.exceptions import ApiException
+
         n = 0
         for job in self.unfinished():
-            status = self.reconcile(job)
-            if _is_true(status, "Succeeded") or _is_true(status, "Failed"):
-                continue
-            if (job["spec"].get("runPolicy") or {}).get("suspend"):
-                continue  # Kueue would admit it; nobody does here
-            if self._master_pod(job) is None:
-                self.reconcile(job)  # createNewPod
-            pod = self._master_pod(job)
-            if pod is None or pod["status"].get("phase") in ("Succeeded", "Failed"):
-                continue
-            self.mark_running(job)
-            self.record_pod(job, self.run(job))
-            n += 1
+            try:
+                n += self._step_job(job)
+            except ApiException as e:
+                # Deleted while this pass looked at it (the controller deletes a job past its restart
+                # limit): the real operator's informer drops it, and the garbage collector its pods.
+                if e.status != 404:
+                    raise
         return n
+
+    def _step_job(self, job: dict) -> int:
+        """One operator + kubelet pass over one job; returns 1 when a pod ran."""
+        status = self.reconcile(job)
+        if _is_true(status, "Succeeded") or _is_true(status, "Failed"):
+            return 0
+        if (job["spec"].get("runPolicy") or {}).get("suspend"):
+            return 0  # Kueue would admit it; nobody does here
+        if self._master_pod(job) is None:
+            self.reconcile(job)  # createNewPod
+        pod = self._master_pod(job)
+        if pod is None or pod["status"].get("phase") in ("Succeeded", "Failed"):
+            return 0
+        self.mark_running(job)
+        self.record_pod(job, self.run(job))
+        return 1
 
 
 class ControllerProcess:

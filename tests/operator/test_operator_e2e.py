@@ -375,7 +375,11 @@ def test_a_step_oom_killed_on_every_run_ends_failed_after_the_restart_limit(clus
     assert not any("Failed" in s or "Restarting" in s and "Running" in s for s in seen), seen
     events = [e for e in api.objects("events", NS) if e["reason"] in ("StepPodRestarted", "ExperimentFailed")]
     assert {e["reason"] for e in events} == {"StepPodRestarted", "ExperimentFailed"}, events
-    # finished: the controller leaves it alone (no status churn, no new job) while the pod keeps restarting
+    # the job, which would restart forever holding its GPUs, is deleted; then the controller leaves
+    # the finished experiment alone (no status churn, no new job)
+    wait_for(
+        lambda: not any(j["metadata"]["name"] == erc_jobs[0] for j in harness.jobs()), what="job deleted"
+    )
     before = experiment(api)["status"]
     for _ in range(5):
         harness.step_all()
