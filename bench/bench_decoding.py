@@ -38,13 +38,13 @@ MELD_DIR = Path(os.environ.get("COE_MELD_DIR", "/work/shared/data/meld"))
 FORMATS = ("tag", "word")
 
 
-def prepare_test(model: str, label_format: str, n: int, workdir: Path) -> list:
-    """The ERC test examples the prepare step writes for this model's tokenizer and format."""
-    from coe_runtime.data import read_examples
+def prepare_split(model: str, label_format: str, split: str, n: int, workdir: Path) -> Path:
+    """The ERC examples of one MELD split that the prepare step writes for this model's tokenizer
+    and format (a stratified subset of ``n``; the train split read from its first 200 dialogues)."""
     from coe_runtime.prepare import run_prepare
     from coe_runtime.step import PrepareStep
 
-    out = workdir / f"prepare-{model}-{label_format}"
+    out = workdir / f"prepare-{model}-{label_format}-{split}"
     step = PrepareStep.model_validate(
         {
             "name": "prepare",
@@ -52,21 +52,40 @@ def prepare_test(model: str, label_format: str, n: int, workdir: Path) -> list:
             "base_model": {"name_or_path": model},
             "dataset": {
                 "format": "meld",
-                "files": {"test": str(MELD_DIR / "test_sent_emo.csv")},
+                "files": {split: str(MELD_DIR / f"{split}_sent_emo.csv")},
                 "label_set": {"name": "meld", "naming": "coe"},
                 "history_window": 2,
                 "max_length": 1024,
-                "max_test_examples": n,
+                f"max_{split}_examples": n,
+                "max_dialogues": 200 if split == "train" else 0,
             },
             "tasks": ["erc"],
             "label_format": label_format,
         }
     )
     run_prepare(step)
-    return read_examples(out / "erc-test.jsonl")
+    return out / f"erc-{split}.jsonl"
 
 
-def run_model(model: str, n: int, workdir: Path) -> list[dict]:
+def train_adapter(model: str, train_file: Path, workdir: Path) -> str:
+    """A short ERC LoRA (one epoch, lr 1e-3, batch 8) on the prepared training examples."""
+    from coe_runtime.step import parse_step
+    from coe_runtime.train import run_train
+
+    out = workdir / f"train-{train_file.parent.name}"
+    cfg = {
+        "kind": "train", "name": "bench-erc", "output": str(out), "train_files": [str(train_file)],
+        "base_model": {"name_or_path": model}, "label_set": {"name": "meld", "naming": "coe"},
+        "lora": {"modules_to_save": ["embed_tokens", "lm_head"] if model == "tiny" else []},
+        "optim": {"epochs": 1, "learning_rate": 1e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
+                  "gradient_checkpointing": False, "max_length": 1024},
+    }  # fmt: skip
+    run_train(parse_step(cfg))
+    return str(out / "adapter")
+
+
+def run_model(model: str, n: int, workdir: Path, train_examples: int = 0, full: bool = True) -> list[dict]:
+    from coe_runtime.data import read_examples
     from coe_runtime.evaluate import evaluate_examples
     from coe_runtime.generate import Generator
     from coe_runtime.labels import get_label_set
@@ -77,8 +96,15 @@ def run_model(model: str, n: int, workdir: Path) -> list[dict]:
     ref = ModelRef(name_or_path=model)
     rows = []
     for fmt in FORMATS:
-        examples = prepare_test(model, fmt, n, workdir)
-        gen = Generator.load(ref, None, device="cpu", label_names=label_set.prompt_names, label_format=fmt)
+        examples = read_examples(prepare_split(model, fmt, "test", n, workdir))
+        adapter, train_s = None, None
+        if train_examples:
+            start = time.perf_counter()
+            adapter = train_adapter(
+                model, prepare_split(model, fmt, "train", train_examples, workdir), workdir
+            )
+            train_s = round(time.perf_counter() - start, 1)
+        gen = Generator.load(ref, adapter, device="cpu", label_names=label_set.prompt_names, label_format=fmt)
         settings = GenerationSettings(max_new_tokens=16, batch_size=8)
         timings, results = {}, {}
         for decoding in ("generate", "score"):
@@ -89,16 +115,21 @@ def run_model(model: str, n: int, workdir: Path) -> list[dict]:
             timings[decoding] = time.perf_counter() - start
         answers = answer_texts(label_set, fmt)
         prompts = [ex.prompt for ex in examples]
-        start = time.perf_counter()
-        full = gen.score(prompts, answers, batch_size=settings.batch_size, method="full")
-        timings["score-full"] = time.perf_counter() - start
         (g_preds, g_metrics), (s_preds, s_metrics) = results["generate"], results["score"]
-        # The shared-prefix log-likelihoods (recorded to 4 decimals) against the whole-sequence ones.
-        max_diff = max(
-            abs(p["scores"][lab] - v)
-            for p, f in zip(s_preds, full, strict=True)
-            for lab, v in zip(label_set.labels, f.logprobs, strict=True)
-        )
+        max_diff = None
+        if full:
+            start = time.perf_counter()
+            whole = gen.score(prompts, answers, batch_size=settings.batch_size, method="full")
+            timings["score-full"] = time.perf_counter() - start
+            # The shared-prefix log-likelihoods (recorded to 4 decimals) against the whole-sequence ones.
+            max_diff = round(
+                max(
+                    abs(p["scores"][lab] - v)
+                    for p, f in zip(s_preds, whole, strict=True)
+                    for lab, v in zip(label_set.labels, f.logprobs, strict=True)
+                ),
+                6,
+            )
         agree = sum(g["parsed_label"] == s["parsed_label"] for g, s in zip(g_preds, s_preds, strict=True))
         tok = gen.tokenizer
         pieces = {
@@ -107,6 +138,7 @@ def run_model(model: str, n: int, workdir: Path) -> list[dict]:
         }
         row = {
             "model": model,
+            "adapter": f"ERC LoRA on {train_examples} train examples, {train_s} s" if adapter else None,
             "label_format": fmt,
             "examples": len(examples),
             "mean_prompt_tokens": round(sum(len(tok(p)["input_ids"]) for p in prompts) / len(prompts), 1),
@@ -117,7 +149,7 @@ def run_model(model: str, n: int, workdir: Path) -> list[dict]:
             "generate_parse_methods": g_metrics["parse_methods"],
             "accuracy": {"generate": g_metrics["accuracy"], "score": s_metrics["accuracy"]},
             "weighted_f1": {"generate": g_metrics["weighted_f1"], "score": s_metrics["weighted_f1"]},
-            "score_vs_full_max_abs_diff": round(max_diff, 6),
+            "score_vs_full_max_abs_diff": max_diff,
             "generated_sample": [g["output"] for g in g_preds[:3]],
         }
         print(json.dumps(row), flush=True)
@@ -134,9 +166,11 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         t = r["s_per_example"]
+        full = f"{t['score-full']:.3f}" if "score-full" in t else "–"
+        model = r["model"] + (" + ERC LoRA" if r["adapter"] else "")
         lines.append(
-            f"| {r['model']} | {r['label_format']} | {r['examples']} | {t['generate']:.3f} | {t['score']:.3f} | "
-            f"{t['score-full']:.3f} | {r['agreement']:.1f} % | {r['generate_unparsed']} | "
+            f"| {model} | {r['label_format']} | {r['examples']} | {t['generate']:.3f} | {t['score']:.3f} | "
+            f"{full} | {r['agreement']:.1f} % | {r['generate_unparsed']} | "
             f"{r['accuracy']['generate']:.1f} / {r['accuracy']['score']:.1f} | "
             f"{r['weighted_f1']['generate']:.1f} / {r['weighted_f1']['score']:.1f} |"
         )
@@ -148,13 +182,20 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=48, help="MELD test utterances (stratified subset)")
     parser.add_argument("--models", default="smollm2-135m-gguf,tiny")
     parser.add_argument("--out", default="", help="also write the rows as JSON here")
+    parser.add_argument(
+        "--train-examples",
+        type=int,
+        default=0,
+        help="first train an ERC LoRA per format on this many examples",
+    )
+    parser.add_argument("--no-full", action="store_true", help="skip the whole-sequence reference scoring")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="coe-bench-decoding-") as tmp:
         for model in args.models.split(","):
-            rows += run_model(model, args.n, Path(tmp))
+            rows += run_model(model, args.n, Path(tmp), args.train_examples, full=not args.no_full)
     result = {
         "machine": machine(),
         "n": args.n,

@@ -242,10 +242,13 @@ class Generator:
 
         An answer is tokenised on its own (no special tokens), as training tokenises targets, and
         follows the prompt's tokens directly. ``method``: ``prefix`` (the default) computes each
-        prompt's KV cache once and feeds all answers' tokens against it in one batch (the cache
-        repeated once per answer; at most ``batch_size`` rows, so it holds as much as generation
-        at that batch size); ``full`` runs every prompt + answer sequence whole (the reference it
-        must equal). Sharded over ranks like :meth:`generate`; outputs in the order of ``prompts``.
+        prompt's KV cache once (``batch_size`` prompts per prefill) and then feeds every
+        (prompt, answer) pair's remaining tokens against it in one more pass, the cache repeated
+        once per answer (so that pass holds ``len(answers)`` times the prefill's cache: lower
+        ``batch_size`` if it does not fit); with single-token answers the prefill's last logits
+        score them all and there is no second pass. ``full`` runs every prompt + answer sequence
+        whole (the reference it must equal). Sharded over ranks like :meth:`generate`; outputs in
+        the order of ``prompts``. Ties go to the earlier answer.
         """
         if not answers:
             raise ValueError("score: no answers to score")
@@ -275,15 +278,13 @@ class Generator:
         limit = getattr(self.model.config, "max_position_embeddings", None)
         budget = self.max_prompt_tokens or (None if limit is None else max(1, limit - longest))
         encoded = [encode_prompt(self.tokenizer, p, budget) for p in prompts]
-        # Every answer a single token: the prefill's last logits score them all (no expansion).
-        per_batch = batch_size if longest == 1 else max(1, batch_size // len(answer_ids))
         results: list[ScoreOutput | None] = [None] * len(prompts)
         was_training = self.model.training
         self.model.eval()
         done = 0
         try:
             with torch.inference_mode():
-                for batch in length_sorted_batches([len(e) for e in encoded], per_batch):
+                for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
                     rows = [encoded[i] for i in batch]
                     if method == "prefix":
                         scores = self._score_prefix_batch(rows, answer_ids)

@@ -8,7 +8,7 @@ Every prompt has the same sections, in this order::
     ### Dialogue so far (the k previous utterances, with speakers)
     ### Target utterance  (ERC, STEeR, speaker-ID; role-play asks for the next line instead)
     ### Question        (with the label options / candidate speakers and the answer format)
-    ### Answer
+    ### Answer        (``### Answer:`` for ERC in the ``word`` label format: the answer follows on that line)
 
 Token budget: prompt + target (+ the STaR hint for STEeR) must fit ``max_length`` tokens as
 counted by ``count_tokens``. When it does not, the builder drops the OLDEST history utterance
@@ -39,6 +39,11 @@ LABEL_FORMATS = ("tag", "word")
 # may need more (a long target utterance); ``required_length`` says how much.
 MIN_MAX_LENGTH = 64
 ANSWER_HEADER = "### Answer\n"
+# The ERC answer header in the ``word`` label format: the answer follows on the same line, so its
+# leading space is natural text ("Answer: joy"). After a newline a pretrained model puts almost no
+# mass on a space-led word (SmolLM2: ~0 against ~0.2 after the colon), and without the space the
+# labels split into pieces again.
+WORD_ANSWER_HEADER = "### Answer:"
 TRUNCATION_MARK = "…"
 
 CountTokens = Callable[[str], int]
@@ -178,7 +183,7 @@ def _render(
     parts.append(
         "### Question\n" + _question(task, target.speaker, label_set, candidates, label_format) + "\n"
     )
-    parts.append(ANSWER_HEADER)
+    parts.append(WORD_ANSWER_HEADER if task == "erc" and label_format == "word" else ANSWER_HEADER)
     return "\n".join(parts)
 
 
@@ -316,7 +321,8 @@ def required_length(
 def erc_target(label: str, label_set: LabelSet, label_format: str = "tag") -> str:
     """The ERC answer in ``label_format``: the label's prompt name in angle brackets (``tag``,
     ``<joyful>``) or as a plain word after a space (``word``, `` joyful``: the space makes it one
-    whole word for BPE tokenizers, which split the tag into meaningless pieces)."""
+    whole word for BPE tokenizers, which split the tag into meaningless pieces; the prompt then
+    ends in :data:`WORD_ANSWER_HEADER`, so the answer reads ``### Answer: joyful``)."""
     _check_format(label_format)
     name = label_set.to_prompt(label)
     return f"<{name}>" if label_format == "tag" else f" {name}"

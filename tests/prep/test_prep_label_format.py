@@ -34,7 +34,10 @@ def test_word_format_targets_are_the_prompt_name_after_a_space(demo_train):
         assert t.target == f"<{name}>" and w.target == f" {name}"
         assert "in angle brackets, like <option>" in t.prompt
         assert "Answer with one option, as a single word." in w.prompt and "angle brackets" not in w.prompt
-        assert w.prompt.endswith("### Answer\n")
+        assert t.prompt.endswith("### Answer\n") and w.prompt.endswith("### Answer:")
+        assert w.prompt[: -len("### Answer:")] == t.prompt[: -len("### Answer\n")].replace(
+            " in angle brackets, like <option>.", ", as a single word."
+        )
         # The parser reads a bare word answer.
         assert parse_answer(w.target, DEMO).label == t.meta["label"]
     assert " joyful" in {ex.target for ex in words}
