@@ -35,6 +35,15 @@ STEP_CONFIG_PATH = f"{STEP_CONFIG_DIR}/step.json"
 DEEPSPEED_DIR = "/etc/coe/deepspeed"
 DEEPSPEED_PATH = f"{DEEPSPEED_DIR}/ds.json"
 WORK_DIR = "/var/coe/work"
+HF_HOME = f"{WORK_DIR}/hf"  # the image's HF_HOME (/tmp/hf) moved to the sized work dir
+TMP_DIR = "/tmp"  # an emptyDir: the image keeps TORCH_EXTENSIONS_DIR / TRITON_CACHE_DIR there
+TMP_SIZE = "8Gi"
+# Requests of a pod whose spec sets no cpu / memory (a pod without requests is BestEffort: first evicted).
+DEFAULT_CPU_REQUEST = "1"
+DEFAULT_MEMORY_REQUEST = "2Gi"
+# When a step's job ends, delete its pods that still run (a failed multi-node job's other workers hold GPUs);
+# finished pods stay, for their exit codes and logs. v1.9 values: None | Running | All.
+CLEAN_POD_POLICY = "Running"
 CONTAINER_NAME = "pytorch"  # the training operator finds the container by this name
 RUNTIME_UID = 10001  # the runtime image's USER (images/runtime/Dockerfile; a packaging test checks)
 
@@ -118,6 +127,18 @@ class JobSettings:
     backoff_limit: int = 3  # pod restarts within one job (retryable exit codes 128-255)
     active_deadline_seconds: int | None = None
     max_retries: int = 2  # new jobs for a step after a Failed one
+    # Pod customisation (spec.resources, the step's override merged in; owned names already refused)
+    extra_env: tuple[dict, ...] = ()
+    env_from: tuple[dict, ...] = ()
+    volumes: tuple[dict, ...] = ()
+    volume_mounts: tuple[dict, ...] = ()
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    affinity: dict | None = None
+    extra_limits: dict[str, str] = field(default_factory=dict)
+    runtime_class_name: str | None = None
+    work_dir_size: str = "100Gi"
+    ttl_seconds_after_finished: int | None = 86400
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,8 @@ class ClusterDefaults:
 
     image: str | None = None
     s3_secret: str | None = None
+    # What experiments may use (images, ServiceAccounts, Secrets): a coe_controller.policy.Policy
+    policy: Any = None
 
 
 def settings_from(resources: Any | None, defaults: ClusterDefaults | None = None) -> JobSettings:
@@ -168,7 +191,29 @@ def settings_from(resources: Any | None, defaults: ClusterDefaults | None = None
         backoff_limit=resources.backoff_limit,
         active_deadline_seconds=resources.active_deadline_seconds,
         max_retries=resources.max_retries,
+        **_customisation(resources),
     )
+
+
+def _customisation(resources: Any) -> dict[str, Any]:
+    """The pod-customisation fields of ``resources`` as JobSettings keywords (Kubernetes camelCase)."""
+
+    def dump(items) -> tuple[dict, ...]:
+        return tuple(i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in items or [])
+
+    return {
+        "extra_env": dump(resources.env),
+        "env_from": dump(resources.env_from),
+        "volumes": tuple(dict(v) for v in resources.volumes or []),
+        "volume_mounts": dump(resources.volume_mounts),
+        "pod_labels": dict(resources.pod_labels or {}),
+        "pod_annotations": dict(resources.pod_annotations or {}),
+        "affinity": dict(resources.affinity) if resources.affinity else None,
+        "extra_limits": dict(resources.extra_limits or {}),
+        "runtime_class_name": resources.runtime_class_name,
+        "work_dir_size": resources.work_dir_size,
+        "ttl_seconds_after_finished": resources.ttl_seconds_after_finished,
+    }
 
 
 @dataclass(frozen=True)
@@ -332,7 +377,12 @@ class PyTorchJobRenderer:
                 "restartPolicy": "ExitCode",
                 "template": template,
             }
-        run_policy: dict[str, Any] = {"backoffLimit": settings.backoff_limit, "cleanPodPolicy": "None"}
+        run_policy: dict[str, Any] = {
+            "backoffLimit": settings.backoff_limit,
+            "cleanPodPolicy": CLEAN_POD_POLICY,
+        }
+        if settings.ttl_seconds_after_finished is not None:
+            run_policy["ttlSecondsAfterFinished"] = settings.ttl_seconds_after_finished
         if settings.active_deadline_seconds:
             run_policy["activeDeadlineSeconds"] = settings.active_deadline_seconds
         if settings.kueue_queue:
@@ -362,10 +412,10 @@ class PyTorchJobRenderer:
         requests: dict[str, str] = {}
         if s.gpus_per_pod:
             limits["nvidia.com/gpu"] = str(s.gpus_per_pod)
-        if s.cpu:
-            requests["cpu"] = s.cpu
+        limits.update(s.extra_limits)  # extended resources (rdma/hca): requests default to the limits
+        requests["cpu"] = s.cpu or DEFAULT_CPU_REQUEST
+        requests["memory"] = s.memory or DEFAULT_MEMORY_REQUEST
         if s.memory:
-            requests["memory"] = s.memory
             limits["memory"] = s.memory
         env = [
             {"name": "COE_STEP", "value": step.name},
@@ -373,6 +423,7 @@ class PyTorchJobRenderer:
             {"name": "COE_CACHE_DIR", "value": f"{WORK_DIR}/cache"},
             {"name": "HOME", "value": WORK_DIR},
             {"name": "TMPDIR", "value": f"{WORK_DIR}/tmp"},
+            {"name": "HF_HOME", "value": HF_HOME},
         ]
         if not _reads_the_hub(config):
             # Steps read their model from the store or a local path: never let transformers reach out.
@@ -388,10 +439,12 @@ class PyTorchJobRenderer:
             # training on CPU without a word (coe_runtime.errors.check_expected_gpus).
             env.append({"name": "COE_EXPECT_GPUS", "value": str(s.gpus_per_pod)})
         env += [{"name": k, "value": v} for k, v in sorted(s.env.items())]
+        env += [dict(e) for e in s.extra_env]
         mounts = [
             {"name": "step-config", "mountPath": STEP_CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "work", "mountPath": WORK_DIR},
+            {"name": "tmp", "mountPath": TMP_DIR},
         ]
         volumes: list[dict] = [
             {
@@ -400,7 +453,9 @@ class PyTorchJobRenderer:
             },
             # NCCL and DataLoader workers need more shared memory than the container default (64 MiB).
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
-            {"name": "work", "emptyDir": {}},
+            # The root filesystem is read-only: these two are all the pod writes (besides user volumes).
+            {"name": "work", "emptyDir": {"sizeLimit": s.work_dir_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
         ]
         if has_ds:
             mounts.append({"name": "deepspeed-config", "mountPath": DEEPSPEED_DIR, "readOnly": True})
@@ -410,6 +465,8 @@ class PyTorchJobRenderer:
                     "configMap": {"name": cm_name, "items": [{"key": "ds.json", "path": "ds.json"}]},
                 }
             )
+        mounts += [dict(m) for m in s.volume_mounts]
+        volumes += [dict(v) for v in s.volumes]
         container: dict[str, Any] = {
             "name": CONTAINER_NAME,
             "image": s.image,
@@ -423,12 +480,14 @@ class PyTorchJobRenderer:
                 "allowPrivilegeEscalation": False,
                 "capabilities": {"drop": ["ALL"]},
                 "runAsNonRoot": True,
+                "readOnlyRootFilesystem": True,
             },
         }
-        if s.s3_secret:
-            container["envFrom"] = [{"secretRef": {"name": s.s3_secret}}]
-        if limits or requests:
-            container["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+        env_from = [{"secretRef": {"name": s.s3_secret}}] if s.s3_secret else []
+        env_from += [dict(e) for e in s.env_from]
+        if env_from:
+            container["envFrom"] = env_from
+        container["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
         pod_spec: dict[str, Any] = {
             "containers": [container],
             "volumes": volumes,
@@ -448,7 +507,14 @@ class PyTorchJobRenderer:
             pod_spec["priorityClassName"] = s.priority_class_name
         if s.service_account_name:
             pod_spec["serviceAccountName"] = s.service_account_name
-        return {"metadata": {"labels": labels}, "spec": pod_spec}
+        if s.runtime_class_name:
+            pod_spec["runtimeClassName"] = s.runtime_class_name
+        if s.affinity:
+            pod_spec["affinity"] = dict(s.affinity)
+        metadata: dict[str, Any] = {"labels": {**s.pod_labels, **labels}}
+        if s.pod_annotations:
+            metadata["annotations"] = dict(s.pod_annotations)
+        return {"metadata": metadata, "spec": pod_spec}
 
     def state(self, job: dict) -> JobState:
         status = job.get("status") or {}

@@ -11,10 +11,12 @@ default or a bound is written in exactly one place. Defaults reproduce the CoE p
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from coe_controller import owned
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -366,7 +368,189 @@ class Toleration(_Spec):
     toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
 
 
-class ResourceOverride(_Spec):
+class KeyRef(_Spec):
+    """One key of a Secret or ConfigMap in the experiment's namespace."""
+
+    name: str = Field(min_length=1, description="Secret / ConfigMap name.")
+    key: str = Field(min_length=1, description="Key in it.")
+    optional: bool | None = Field(None, description="Start the pod even when it is missing.")
+
+
+class FieldRef(_Spec):
+    field_path: str = Field(min_length=1, description="e.g. metadata.name, status.podIP, spec.nodeName.")
+
+
+class EnvVarSource(_Spec):
+    secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
+    field_ref: FieldRef | None = Field(None, description="A field of the pod.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if len(self.model_fields_set & {"secret_key_ref", "config_map_key_ref", "field_ref"}) != 1:
+            raise ValueError("valueFrom needs exactly one of secretKeyRef, configMapKeyRef, fieldRef")
+        return self
+
+
+class EnvVar(_Spec):
+    """An environment variable of the step container: a plain value or one read from a Secret,
+    ConfigMap or pod field (never names the controller or the training operator sets)."""
+
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
+    value: str | None = Field(None, description="Plain value.")
+    value_from: EnvVarSource | None = Field(None, description="Read from a Secret, ConfigMap or pod field.")
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set value or valueFrom, not both")
+        return self
+
+
+class NameRef(_Spec):
+    name: str = Field(min_length=1, description="Secret / ConfigMap name.")
+    optional: bool | None = Field(None, description="Start the pod even when it is missing.")
+
+
+class EnvFromSource(_Spec):
+    """Every key of a Secret or ConfigMap as environment variables (``envFrom``)."""
+
+    prefix: str | None = Field(None, description="Prefix added to every variable name.")
+    secret_ref: NameRef | None = Field(None, description="A Secret.")
+    config_map_ref: NameRef | None = Field(None, description="A ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("envFrom entries need exactly one of secretRef, configMapRef")
+        return self
+
+
+class VolumeMount(_Spec):
+    name: str = Field(min_length=1, description="A volume of resources.volumes.")
+    mount_path: str = Field(pattern=r"^/", description="Absolute path in the step container.")
+    sub_path: str | None = Field(None, description="Mount only this path of the volume.")
+    read_only: bool | None = Field(None, description="Mount read-only.")
+
+
+_VOLUME_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+
+
+def _check_volumes(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Volumes are Kubernetes ``Volume`` objects (any source: persistentVolumeClaim, hostPath, nfs, csi,
+    secret, configMap, ...): a DNS-1123 ``name`` and exactly one source."""
+    for i, v in enumerate(volumes):
+        name = v.get("name")
+        if not isinstance(name, str) or not re.match(_VOLUME_NAME, name) or len(name) > 63:
+            raise ValueError(f"volumes[{i}]: needs a name that is a DNS-1123 label, got {name!r}")
+        sources = [k for k in v if k != "name"]
+        if len(sources) != 1 or not isinstance(v[sources[0]], dict):
+            raise ValueError(
+                f"volumes[{i}] ({name}): needs exactly one source mapping (persistentVolumeClaim, "
+                f"hostPath, nfs, csi, secret, configMap, ...), got {sources}"
+            )
+    names = [v["name"] for v in volumes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"volumes: {dupes} declared more than once")
+    return volumes
+
+
+def _check_affinity(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    if v is not None:
+        unknown = sorted(set(v) - set(_AFFINITY_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; a pod affinity has {list(_AFFINITY_KEYS)}")
+    return v
+
+
+def _quantities(v: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, q in v.items():
+        if isinstance(q, bool) or not isinstance(q, (int, str)) or str(q) == "":
+            raise ValueError(f"{k}: expected a quantity such as 1 or '2', got {q!r}")
+        out[k] = str(q)
+    return out
+
+
+class PodCustomisation(_Spec):
+    """Additions to the step pods, globally (``resources``) or for one step (``resources.overrides``).
+
+    Names the controller or the training operator sets are refused (:mod:`coe_controller.owned`)."""
+
+    env: list[EnvVar] | None = Field(
+        None,
+        description="Extra environment variables ({name, value} or {name, valueFrom}); per step: "
+        "merged by name, the step's entry wins.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        None,
+        description="Secrets / ConfigMaps loaded whole as variables (after the S3 Secret); per step: added.",
+    )
+    volumes: list[dict[str, Any]] | None = Field(
+        None,
+        description="Extra pod volumes (Kubernetes Volume objects: a name and one source); per step: "
+        "merged by name.",
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        None, description="Mounts of those volumes in the step container; per step: merged by mountPath."
+    )
+    pod_labels: dict[str, str] | None = Field(
+        None,
+        description="Extra pod labels (not coe.ml/*, app.kubernetes.io/*, training.kubeflow.org/*); "
+        "per step: merged.",
+    )
+    pod_annotations: dict[str, str] | None = Field(
+        None, description="Extra pod annotations (not coe.ml/*); per step: merged."
+    )
+    affinity: dict[str, Any] | None = Field(
+        None, description="Pod affinity (nodeAffinity, podAffinity, podAntiAffinity); per step: replaces."
+    )
+    extra_limits: dict[str, int | str] | None = Field(
+        None,
+        description="Extra resource limits, e.g. {rdma/hca: 1} (not cpu, memory, nvidia.com/gpu, "
+        "which have their own fields); per step: merged.",
+    )
+    runtime_class_name: str | None = Field(None, description="RuntimeClass of the step pods (e.g. nvidia).")
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes_ok(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return v if v is None else _check_volumes(v)
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_ok(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_affinity(v)
+
+    @field_validator("extra_limits")
+    @classmethod
+    def _limits_ok(cls, v: dict[str, Any] | None) -> dict[str, str] | None:
+        return v if v is None else _quantities(v)
+
+    @model_validator(mode="after")
+    def _nothing_owned(self) -> PodCustomisation:
+        refused = self.owned_refusals()
+        if refused:
+            raise ValueError("; ".join(refused))
+        return self
+
+    def owned_refusals(self, where: str = "") -> list[str]:
+        """One message per field the controller or the training operator owns (empty: none)."""
+        return owned.refusals(
+            where,
+            env=[e.name for e in self.env or []],
+            env_from_prefixes=[e.prefix or "" for e in self.env_from or []],
+            volumes=[v["name"] for v in self.volumes or []],
+            mounts=[m.mount_path for m in self.volume_mounts or []],
+            labels=list(self.pod_labels or {}),
+            annotations=list(self.pod_annotations or {}),
+            limits=list(self.extra_limits or {}),
+        )
+
+
+class ResourceOverride(PodCustomisation):
     """Per-step changes to ``resources`` (e.g. no GPU for prepare, more time for ERC)."""
 
     gpus_per_pod: int | None = Field(None, ge=0, description="GPUs per pod.")
@@ -375,12 +559,13 @@ class ResourceOverride(_Spec):
     cpu: str | None = Field(None, description="CPU request, e.g. '8'.")
     memory: str | None = Field(None, description="Memory request, e.g. '64Gi'.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the step's job.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the step's pods.")
 
 
 OVERRIDE_KEYS = ("model", "clues", "prepare", "roleplay", "speaker_id", "steer", "mixed", "erc", "test")
 
 
-class ResourcesSpec(_Spec):
+class ResourcesSpec(PodCustomisation):
     """Where and how steps run; the local executor uses nprocPerNode and the DeepSpeed config only."""
 
     gpus_per_pod: int = Field(1, ge=0, description="nvidia.com/gpu per pod (0 for CPU-only).")
@@ -428,6 +613,17 @@ class ResourcesSpec(_Spec):
         2, ge=0, description="New jobs the controller creates for a failed step before giving up."
     )
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of each step job.")
+    work_dir_size: str = Field(
+        "100Gi",
+        description="Size limit of each pod's work dir (an emptyDir: $COE_CACHE_DIR, TMPDIR, HF_HOME; a Hub "
+        "model's snapshot passes through it): the kubelet evicts a pod that writes more.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        86400,
+        ge=0,
+        description="Delete a step's finished job (and its pods) this long after it ends "
+        "(runPolicy.ttlSecondsAfterFinished); results stay in the store. null = keep them.",
+    )
     overrides: dict[str, ResourceOverride] = Field(
         {}, description=f"Per-step changes, keyed by one of {list(OVERRIDE_KEYS)}."
     )
@@ -446,6 +642,24 @@ class ResourcesSpec(_Spec):
             raise ValueError("set deepspeed or deepspeedInline, not both")
         return self
 
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> ResourcesSpec:
+        for key in [None, *self.overrides]:
+            step = self.for_step(key) if key else self
+            declared = {v["name"] for v in step.volumes or []}
+            for m in step.volume_mounts or []:
+                if m.name not in declared:
+                    where = f"overrides.{key}" if key else "volumeMounts"
+                    raise ValueError(
+                        f"{where}: volumeMount {m.mount_path} names volume {m.name!r}, which is not in "
+                        f"volumes ({sorted(declared)})"
+                    )
+            paths = [m.mount_path for m in step.volume_mounts or []]
+            dupes = sorted({p for p in paths if paths.count(p) > 1})
+            if dupes:
+                raise ValueError(f"volumeMounts: {dupes} mounted more than once")
+        return self
+
     @property
     def procs_per_node(self) -> int:
         return self.nproc_per_node or max(self.gpus_per_pod, 1)
@@ -460,10 +674,41 @@ class ResourcesSpec(_Spec):
     def for_step(self, key: str) -> ResourcesSpec:
         """These resources with the override for ``key`` applied (and no overrides left)."""
         override = self.overrides.get(key)
-        changes = override.model_dump(exclude_none=True) if override else {}
+        changes = {
+            k: getattr(override, k)
+            for k in (override.model_fields_set if override else ())
+            if getattr(override, k) is not None
+        }
         if "gpus_per_pod" in changes and "nproc_per_node" not in changes and self.nproc_per_node is None:
             changes["nproc_per_node"] = None
+        changes.update(_merged(self, changes))
         return self.model_copy(update={**changes, "overrides": {}})
+
+
+def _by(items: list | None, more: list | None, key) -> list | None:
+    """``items`` with ``more`` merged in by ``key`` (an entry of ``more`` replaces one with its key)."""
+    if items is None or more is None:
+        return more if items is None else items
+    merged = {key(i): i for i in items}
+    merged.update({key(i): i for i in more})
+    return list(merged.values())
+
+
+def _merged(base: PodCustomisation, changes: dict[str, Any]) -> dict[str, Any]:
+    """A step override's pod additions merged into the global ones (replace: affinity, runtimeClassName)."""
+    out: dict[str, Any] = {}
+    if "env" in changes:
+        out["env"] = _by(base.env, changes["env"], lambda e: e.name)
+    if "env_from" in changes:
+        out["env_from"] = [*(base.env_from or []), *changes["env_from"]]
+    if "volumes" in changes:
+        out["volumes"] = _by(base.volumes, changes["volumes"], lambda v: v["name"])
+    if "volume_mounts" in changes:
+        out["volume_mounts"] = _by(base.volume_mounts, changes["volume_mounts"], lambda m: m.mount_path)
+    for name in ("pod_labels", "pod_annotations", "extra_limits"):
+        if name in changes:
+            out[name] = {**(getattr(base, name) or {}), **changes[name]}
+    return out
 
 
 class ExperimentSpec(_Spec):
