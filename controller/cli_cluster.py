@@ -96,6 +96,7 @@ def cluster_defaults(args) -> ClusterDefaults:
     return ClusterDefaults(
         image=getattr(args, "runtime_image", None) or env.image,
         s3_secret=getattr(args, "s3_secret", None) or env.s3_secret,
+        policy=env.policy,
     )
 
 
@@ -236,6 +237,11 @@ def render_status(obj: dict, logs: dict[str, str]):
             _metrics_text(s.get("metrics") or {}),
         )
     parts = [head, table]
+    for s in status.get("steps") or []:
+        # Why a step waits or failed, as the controller saw it: a pod's waiting reason
+        # (ImagePullBackOff, CreateContainerConfigError, Unschedulable), restarts, exit codes.
+        if s.get("reason") and s.get("state") not in ("Succeeded",):
+            parts.append(Text(f"{s.get('name')}: {s['reason']}: {s.get('message', '')}", style="yellow"))
     best = status.get("bestMetrics") or {}
     if best:
         parts.append(Text("best: " + ", ".join(f"{k}={v:.4f}" for k, v in best.items())))

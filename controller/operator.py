@@ -30,7 +30,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from coe_controller import reconcile, render
+from coe_controller import policy, reconcile, render
 from coe_controller.kube import Conflict, Kube, KubeError, NotFound
 
 log = logging.getLogger("coe_controller.operator")
@@ -55,10 +55,13 @@ def _parse_time(value) -> float | None:
 
 def defaults_from_env(env: dict[str, str] | None = None) -> render.ClusterDefaults:
     """The installation's defaults for experiments that leave them out: ``COE_RUNTIME_IMAGE`` and
-    ``COE_S3_SECRET`` (the Helm chart sets both from ``runtime.image`` and ``s3.credentialsSecret``)."""
+    ``COE_S3_SECRET`` (the Helm chart sets both from ``runtime.image`` and its S3 Secret), and
+    what experiments may use: ``COE_ALLOWED_IMAGES`` / ``_SERVICE_ACCOUNTS`` / ``_SECRETS`` (policy.py)."""
     env = os.environ if env is None else env
     return render.ClusterDefaults(
-        image=env.get("COE_RUNTIME_IMAGE") or None, s3_secret=env.get("COE_S3_SECRET") or None
+        image=env.get("COE_RUNTIME_IMAGE") or None,
+        s3_secret=env.get("COE_S3_SECRET") or None,
+        policy=policy.from_env(env),
     )
 
 

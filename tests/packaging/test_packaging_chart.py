@@ -134,24 +134,27 @@ def test_runtime_image_and_s3_settings_reach_the_controller(all_options_text):
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc.cluster.local:9000"
     assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["COE_S3_SECRET"] == "minio-coe"
-    assert container["envFrom"] == [{"secretRef": {"name": "minio-coe"}}]
+    assert container["envFrom"] == [{"secretRef": {"name": "minio-coe", "optional": True}}]
     assert env["HTTPS_PROXY"] == "http://proxy.example.com:3128"  # extraEnv
     assert container["image"] == "registry.example.com/ml/coe-controller:0.1.0-rc1"
 
 
 def test_no_secret_values_anywhere(all_options_text, default_text):
-    """The chart names a credentials Secret but never carries or renders secret material."""
+    """By default the chart names a credentials Secret but never carries or renders secret material."""
     for text in (default_text, all_options_text):
         docs = ps.documents(text)
         assert not ps.by_kind(docs, "Secret")
         env_names = {e["name"] for e in _container(text)["env"]}
         assert not env_names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
-    assert "secretAccessKey" not in (ps.CHART / "values.yaml").read_text()
+    s3 = yaml.safe_load((ps.CHART / "values.yaml").read_text())["s3"]
+    assert s3["create"] is False and s3["accessKeyId"] == s3["secretAccessKey"] == ""
 
 
 def test_without_credentials_secret_there_is_no_env_from(helm):
-    text = helm_template(release="coe", namespace="ml", set_values=("s3.credentialsSecret=",))
+    text = helm_template(release="coe", namespace="ml", set_values=("s3.existingSecret=",))
     assert "envFrom" not in _container(text)
+    env = {e["name"]: e.get("value") for e in _container(text)["env"]}
+    assert env["COE_S3_SECRET"] == ""
 
 
 def _rbac_objects(text: str) -> dict[str, dict]:
@@ -194,7 +197,9 @@ def test_rbac_can_be_left_to_the_cluster_admin(helm):
         ("s3.bucket=x", "bucket"),
         ("s3.endpoint=minio:9000", "endpoint"),
         ("rbac.clusterWide=maybe", "clusterWide"),
-        ("s3.credentialsSecret=Not_A_Name", "credentialsSecret"),
+        ("s3.existingSecret=Not_A_Name", "existingSecret"),
+        ("s3.create=true", "accessKeyId"),
+        ("policy.allowedImages=notalist", "allowedImages"),
     ],
 )
 def test_values_schema_rejects_bad_values_by_name(helm, setting, expected):
@@ -237,6 +242,7 @@ def test_notes_tell_the_next_commands(helm, tmp_path):
     assert "create secret generic coe-s3" in notes
     assert "coe-ctl status meld-mistral7b -n ml" in notes
     assert "in that namespace only" in notes
-    notes = _render_notes(tmp_path / "b", "rbac.clusterWide=true", "replicaCount=2", "s3.credentialsSecret=")
+    assert "policy.* values" in notes
+    notes = _render_notes(tmp_path / "b", "rbac.clusterWide=true", "replicaCount=2", "s3.existingSecret=")
     assert "every namespace" in notes and "Leader election is on" in notes
     assert "create secret" not in notes

@@ -109,7 +109,7 @@ def test_example_s3_secret_holds_placeholders_only():
     ps.assert_valid_core_kinds(yaml.safe_dump(secret))
     # the name the chart and the MELD example expect by default
     values = yaml.safe_load((ps.CHART / "values.yaml").read_text())
-    assert secret["metadata"]["name"] == values["s3"]["credentialsSecret"]
+    assert secret["metadata"]["name"] == values["s3"]["existingSecret"]
 
 
 def test_there_are_example_experiments():

@@ -51,3 +51,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "coe-controller.leaderElect" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
+
+{{/* The S3 Secret the controller loads and passes to training pods: the chart's own (s3.create), else
+s3.existingSecret; empty for the pod identity. */}}
+{{- define "coe-controller.s3Secret" -}}
+{{- if .Values.s3.create }}
+{{- printf "%s-s3" (include "coe-controller.fullname" .) | trunc 253 }}
+{{- else }}
+{{- .Values.s3.existingSecret }}
+{{- end }}
+{{- end }}
