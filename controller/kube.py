@@ -234,6 +234,14 @@ class Kube:
             )
         )
 
+    def get_configmap(self, namespace: str, name: str) -> dict:
+        self._require("", "configmaps", "get")
+        return self._to_dict(
+            self._call(
+                f"get configmap {namespace}/{name}", self._core.read_namespaced_config_map, name, namespace
+            )
+        )
+
     def create_event(self, namespace: str, body: dict) -> None:
         self._require("", "events", "create")
         self._call("create event", self._core.create_namespaced_event, namespace, body)

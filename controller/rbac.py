@@ -50,8 +50,9 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     # the pods of a Failed job, by label: their exit code tells a permanent failure (1-127: bad
     # config or data, never retried) from a retryable one
     Permission("", "pods", ("list",)),
-    # the frozen step config (and DeepSpeed config) of each step, created once with its first job
-    Permission("", "configmaps", ("create",)),
+    # the frozen step config (and DeepSpeed config) of each step, created once with its first job;
+    # get: a 409 is accepted only for a ConfigMap this experiment owns with the expected content
+    Permission("", "configmaps", ("get", "create")),
     # Kubernetes Events for phase and step transitions
     Permission("", "events", ("create",)),
     # leader election: one Lease, read, created by the first replica, renewed by the holder

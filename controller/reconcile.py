@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -534,6 +535,8 @@ def _decide_step(step: Any, v: _StepView, jobs: list[dict], published: set, ctx:
     if failure:
         v.reason, v.message = failure
         _retry_or_fail(v, step, jobs, st, permanent, p)
+    elif v.state in ACTIVE_STATES and (problem := ctx["pod_problems"].get(v.job_name or "")):
+        v.reason, v.message = problem  # the job waits on something a person must fix
 
 
 def _phase_of(views: list[_StepView], plan: list, p: _Pass) -> tuple[Phase, str, str]:
@@ -582,6 +585,8 @@ def _step_events(views: list[_StepView], old_steps: dict) -> list[EmitEvent]:
                     f"(last exit code {exit_code_meaning(v.restarts.exit_code)})",
                 )
             )
+        if v.reason in STUCK_REASONS and v.reason != before.get("reason"):
+            events.append(EmitEvent("Warning", "StepPodStuck", f"step {v.name}: {v.message}"))
         if v.state.value == before.get("state") and v.attempts == before.get("attempts", 0):
             continue
         if v.state == StepState.STARTING:
@@ -623,6 +628,7 @@ def decide(
     job_state=None,
     exit_codes: dict[str, int] | None = None,
     restarts: dict[str, Restarts] | None = None,
+    pod_problems: dict[str, tuple[str, str]] | None = None,
 ) -> list[Action]:
     """What to do next for one experiment, from what is observable now.
 
@@ -634,7 +640,10 @@ def decide(
     unfinished job (:func:`count_restarts`; a job missing here keeps what the status recorded). A job
     whose pods restarted more often than its ``runPolicy.backoffLimit`` ends its step Failed, reason
     ``RestartLimitExceeded``, without a retry, and the job is deleted (:class:`DeleteJob`): it would
-    otherwise restart forever holding its GPUs. Never looks at event types or order.
+    otherwise restart forever holding its GPUs. ``pod_problems``: job name -> (reason, message) of
+    pods that are stuck (:func:`pod_problem`: image pull, config error, unschedulable): shown as the
+    step's reason and message, with a Warning Event when it appears. Never looks at event types or
+    order.
 
     In named parts: each step is viewed (:func:`_observed_view`) and decided (:func:`_decide_step`:
     published, ready to start, or judged by its latest job and retried or failed), then the phase
@@ -655,6 +664,7 @@ def decide(
         "exit_codes": exit_codes or {},
         "state_of": job_state or render.renderer().state,
         "old_steps": old_steps,
+        "pod_problems": pod_problems or {},
     }
     by_step = jobs_by_step(observed_jobs)
     views: list[_StepView] = []
@@ -843,6 +853,44 @@ def status_patch(old: dict, new: dict) -> dict:
     return patch
 
 
+def frozen_retry(previous: dict, attempt: int, name: str) -> dict:
+    """Attempt N of a step, made from attempt N-1 as it was created: the same pod template (image,
+    GPUs, mounts, env) and the same frozen ConfigMap, whatever the spec says now. Only the name and
+    the attempt labels change: an edit reaches a step only through a new fingerprint."""
+    job = copy.deepcopy(previous)
+    meta = job["metadata"]
+    labels = {**(meta.get("labels") or {}), render.LABEL_ATTEMPT: str(attempt)}
+    job["metadata"] = {
+        k: v for k, v in {**meta, "name": name, "labels": labels}.items() if k in _CREATE_META_FIELDS
+    }
+    job.pop("status", None)
+    for spec in (job["spec"].get("pytorchReplicaSpecs") or {}).values():
+        tmeta = spec["template"].setdefault("metadata", {})
+        tmeta["labels"] = {
+            **(tmeta.get("labels") or {}),
+            render.LABEL_ATTEMPT: str(attempt),
+            render.LABEL_JOB: name,
+        }
+    return job
+
+
+_CREATE_META_FIELDS = ("name", "namespace", "labels", "annotations", "ownerReferences")
+
+
+def _store_unavailable(kube: Kube, obj: dict, message: str, now: float) -> None:
+    """Say it in the status (and once as an Event): the store is where "done" lives."""
+    meta = obj["metadata"]
+    old = obj.get("status") or {}
+    if old.get("reason") == "StoreUnavailable" and old.get("message") == message:
+        return
+    if old.get("reason") != "StoreUnavailable":
+        _emit(kube, obj, EmitEvent("Warning", "StoreUnavailable", message), now)
+    patch = {"reason": "StoreUnavailable", "message": message}
+    if not old.get("phase"):
+        patch["phase"] = Phase.PENDING.value
+    kube.patch_experiment_status(meta.get("namespace") or "default", meta["name"], patch)
+
+
 def reconcile(
     kube: Kube,
     obj: dict,
@@ -861,6 +909,10 @@ def reconcile(
     meta = obj["metadata"]
     ns, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid")
     old_status = obj.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        # Being deleted (foreground: the garbage collector is removing the children): create nothing,
+        # or the controller would recreate what the collector just removed.
+        return None
     try:
         spec, steps, published, metrics = observe(obj)
     except ConfigError as e:
@@ -881,19 +933,26 @@ def reconcile(
             kube.patch_experiment_status(ns, name, status_patch(old_status, status))
         return None
     except StoreError as e:
-        # The store is where "done" lives: without it nothing can be decided. Look again soon.
+        # The store is where "done" lives: without it nothing can be decided. Say so, look again soon.
         log.warning("%s/%s: artifact store unavailable: %s", ns, name, e)
+        _store_unavailable(kube, obj, f"artifact store unavailable: {e}", now)
         return 15.0
 
     selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
-    jobs = [j for j in kube.list_jobs(ns, selector) if owned_by(j, uid)]
+    listed = kube.list_jobs(ns, selector)
+    jobs = [j for j in listed if owned_by(j, uid)]
+    # Jobs with our labels that another object owns: an earlier experiment of the same name whose
+    # children the garbage collector has not removed yet. Never adopted, never trusted.
+    foreign = {j["metadata"]["name"] for j in listed if not owned_by(j, uid)}
     policy = RetryPolicy(
         max_retries=spec.spec.resources.max_retries,
         backoff_base_s=backoff_base_s,
         restart_limit=spec.spec.resources.backoff_limit,
     )
     exit_codes = observe_exit_codes(kube, ns, obj, jobs, job_renderer)
-    restarts = observe_restarts(kube, ns, obj, jobs, job_renderer)
+    pods_by_job = unfinished_job_pods(kube, ns, obj, jobs, job_renderer)
+    restarts = observe_restarts(kube, ns, obj, jobs, job_renderer, pods_by_job)
+    problems = {job: problem for job, pods in pods_by_job.items() if (problem := pod_problem(pods))}
     actions = decide(
         obj,
         steps,
@@ -905,25 +964,19 @@ def reconcile(
         job_state=job_renderer.state,
         exit_codes=exit_codes,
         restarts=restarts,
+        pod_problems=problems,
     )
     by_name = {s.name: s for s in steps}
     requeue: float | None = None
+    blocked: list[str] = []
     for action in actions:
         if isinstance(action, CreateJob):
-            step = by_name[action.step]
-            config_map, job = job_renderer.render(
-                Owner(name, ns, uid), step, action.attempt, render.settings_from(step.resources, defaults)
-            )
-            # Conflict: the step's frozen config exists already (made with an earlier attempt): keep it.
-            with contextlib.suppress(Conflict):
-                kube.create_configmap(ns, config_map)
-            try:
-                kube.create_job(ns, job)
-                log.info("%s/%s: created %s %s", ns, name, job["kind"], job["metadata"]["name"])
-            except Conflict:
-                log.info(
-                    "%s/%s: %s exists already (created before a restart)", ns, name, job["metadata"]["name"]
-                )
+            problem = _create_attempt(
+                kube, ns, Owner(name, ns, uid), by_name[action.step], action.attempt, jobs, foreign,
+                job_renderer, render.settings_from(by_name[action.step].resources, defaults),
+            )  # fmt: skip
+            if problem:
+                blocked.append(problem)
         elif isinstance(action, DeleteJob):
             with contextlib.suppress(NotFound):
                 kube.delete_job(ns, action.job)
@@ -931,10 +984,56 @@ def reconcile(
         elif isinstance(action, EmitEvent):
             _emit(kube, obj, action, now)
         elif isinstance(action, SetStatus):
-            kube.patch_experiment_status(ns, name, status_patch(old_status, action.status))
+            status = action.status
+            if blocked:
+                status = {**status, "reason": "StepNotCreated", "message": "; ".join(blocked)}
+            kube.patch_experiment_status(ns, name, status_patch(old_status, status))
         elif isinstance(action, Requeue):
             requeue = action.after_s
+    for problem in blocked:
+        _emit(kube, obj, EmitEvent("Warning", "StepNotCreated", problem), now)
+    if blocked:
+        requeue = min(requeue or 10.0, 10.0)
     return requeue
+
+
+def _create_attempt(
+    kube: Kube, ns: str, owner: Any, step: Any, attempt: int, jobs: list[dict], foreign: set[str],
+    job_renderer: Any, settings: Any,
+) -> str | None:  # fmt: skip
+    """Create one attempt of a step (its frozen ConfigMap first, for attempt 1); returns what
+    stopped it, or None. A 409 counts as done only for an object this experiment owns; an API
+    error (403 quota, 422 invalid, 404 no PyTorchJob CRD) is returned to be shown, not swallowed."""
+    fp = _fingerprint(step)
+    previous = [
+        j for j in jobs if j["metadata"]["labels"].get(render.LABEL_STEP) == render.label_value(step.name)
+    ]
+    previous = [j for j in previous if j["metadata"]["labels"].get(render.LABEL_FINGERPRINT, "") == fp]
+    name = render.job_name(owner.name, step.name, attempt, fp)
+    if name in foreign:
+        return f"job {name} exists but belongs to an earlier experiment of this name; waiting for it to be removed"
+    try:
+        if attempt > 1 and previous:
+            job = frozen_retry(previous[-1], attempt, name)
+        else:
+            config_map, job = job_renderer.render(owner, step, attempt, settings)
+            try:
+                kube.create_configmap(ns, config_map)
+            except Conflict:
+                existing = kube.get_configmap(ns, config_map["metadata"]["name"])
+                if not owned_by(existing, owner.uid) or existing.get("data") != config_map["data"]:
+                    return (
+                        f"configmap {config_map['metadata']['name']} exists but is not this experiment's "
+                        "frozen step config (an earlier experiment of this name?); waiting for it to be removed"
+                    )
+        kube.create_job(ns, job)
+        log.info("%s/%s: created %s %s", ns, owner.name, job["kind"], name)
+    except Conflict:
+        log.info("%s/%s: %s exists already (created before a restart)", ns, owner.name, name)
+    except KubeError as e:
+        log.warning("%s/%s: cannot create %s: %s", ns, owner.name, name, e)
+        return f"cannot create job {name} for step {step.name}: {e}"
+    return None
 
 
 Owner = render.Owner
@@ -966,29 +1065,79 @@ def observe_exit_codes(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_ren
     return codes
 
 
-def observe_restarts(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_renderer) -> dict[str, Restarts]:
-    """job name -> its pod restarts so far, for the latest job of each step while it is unfinished
-    (pods by label, counted with what the step's status recorded: :func:`count_restarts`).
+def unfinished_job_pods(
+    kube: Kube, ns: str, obj: dict, jobs: list[dict], job_renderer
+) -> dict[str, list[dict]]:
+    """job name -> its pods (by label), for the latest job of each step while it is unfinished.
 
-    Pods that cannot be read leave the recorded count as it was (decide() keeps it).
-    """
+    Only while the experiment is live. A job whose pods cannot be read is left out (what the status
+    recorded for it stays)."""
     status = obj.get("status") or {}
     if is_final(status, int(obj.get("metadata", {}).get("generation") or 1)):
         return {}
-    recorded = {s.get("jobName"): s for s in status.get("steps") or [] if s.get("jobName")}
-    out: dict[str, Restarts] = {}
+    out: dict[str, list[dict]] = {}
     for step_jobs in jobs_by_step(jobs).values():
         last = step_jobs[-1]
         if job_renderer.state(last).finished:
             continue
         name = last["metadata"]["name"]
         try:
-            pods = kube.list_pods(ns, f"{render.LABEL_JOB}={render.label_value(name)}")
+            out[name] = kube.list_pods(ns, f"{render.LABEL_JOB}={render.label_value(name)}")
         except KubeError as e:
             log.warning("%s/%s: cannot read the pods of %s: %s", ns, obj["metadata"]["name"], name, e)
-            continue
-        out[name] = count_restarts(_recorded_restarts(recorded.get(name), name), pods)
     return out
+
+
+def observe_restarts(
+    kube: Kube, ns: str, obj: dict, jobs: list[dict], job_renderer, pods_by_job: dict | None = None
+) -> dict[str, Restarts]:
+    """job name -> its pod restarts so far, for the latest job of each step while it is unfinished
+    (pods by label, counted with what the step's status recorded: :func:`count_restarts`).
+
+    Pods that cannot be read leave the recorded count as it was (decide() keeps it).
+    """
+    if pods_by_job is None:
+        pods_by_job = unfinished_job_pods(kube, ns, obj, jobs, job_renderer)
+    status = obj.get("status") or {}
+    recorded = {s.get("jobName"): s for s in status.get("steps") or [] if s.get("jobName")}
+    return {
+        name: count_restarts(_recorded_restarts(recorded.get(name), name), pods)
+        for name, pods in pods_by_job.items()
+    }
+
+
+# Waiting reasons of a container that will not go away by waiting (kubelet's image and config
+# errors; pkg/kubelet/images/types.go, pkg/kubelet/kuberuntime): a user must act on them.
+STUCK_WAITING_REASONS = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+)
+STUCK_REASONS = (*STUCK_WAITING_REASONS, "Unschedulable")
+
+
+def pod_problem(pods: list[dict]) -> tuple[str, str] | None:
+    """(reason, message) when a job's pods are stuck: a container waiting for a reason in
+    STUCK_WAITING_REASONS, or a pod the scheduler cannot place (condition PodScheduled False,
+    reason Unschedulable). None when nothing is stuck."""
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING_REASONS:
+                detail = waiting.get("message") or ""
+                return waiting[
+                    "reason"
+                ], f"pod {name} container {cs.get('name')}: {waiting['reason']} {detail}".strip()
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                reason = cond.get("reason") or "Unschedulable"
+                return reason, f"pod {name} cannot be scheduled: {cond.get('message') or reason}"
+    return None
 
 
 def _emit(kube: Kube, obj: dict, ev: EmitEvent, now: float) -> None:

@@ -25,6 +25,7 @@ import base64
 import collections
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -470,10 +471,17 @@ class TrainingOperator:
             local.mkdir(parents=True, exist_ok=True)
             mounts[m["mountPath"]] = local
 
+        # The test's own folder (its file:// store) stands for storage shared with every pod, as a
+        # PVC or S3 would be: never remapped, even where a pod mounts an emptyDir at /tmp.
+        shared = str(self.workdir.parent)
+
+        # One pass, longest mount path first, so a replacement is never rewritten by a shorter mount.
+        pattern = re.compile("|".join(re.escape(p) for p in [shared, *sorted(mounts, key=len, reverse=True)]))
+
         def sub(text: str) -> str:
-            for path in sorted(mounts, key=len, reverse=True):
-                text = text.replace(path, str(mounts[path]))
-            return text
+            return pattern.sub(
+                lambda m: m.group(0) if m.group(0) == shared else str(mounts[m.group(0)]), text
+            )
 
         config_maps = {c["metadata"]["name"]: c for c in self.api.objects("configmaps", self.namespace)}
         for m in container.get("volumeMounts") or []:

@@ -93,6 +93,8 @@ def cluster(api, tmp_path):
     controller = ControllerProcess(kubeconfig, NS, log=tmp_path / "controller.log")
     yield api, harness, controller, tmp_path
     controller.kill()
+    for job, text in harness.logs.items():  # shown when a test fails: what each step's pod printed
+        print(f"--- pod log of {job} ---\n{text[-2000:]}")
     print((tmp_path / "controller.log").read_text()[-5000:] if (tmp_path / "controller.log").exists() else "")
 
 
