@@ -53,6 +53,9 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     # the frozen step config (and DeepSpeed config) of each step, created once with its first job;
     # get: a 409 is accepted only for a ConfigMap this experiment owns with the expected content
     Permission("", "configmaps", ("get", "create")),
+    # an experiment's own S3 Secret (spec.resources.s3CredentialsSecret), read by credentials.py so the
+    # controller reads the experiment's store with the credentials its pods get (never written)
+    Permission("", "secrets", ("get",)),
     # Kubernetes Events for phase and step transitions
     Permission("", "events", ("create",)),
     # leader election: one Lease, read, created by the first replica, renewed by the holder

@@ -155,10 +155,23 @@ def transfer_config_from_env(environ: Mapping[str, str] | None = None) -> Transf
     )
 
 
-def make_client(settings: S3Settings):
-    """A boto3 S3 client; a custom endpoint defaults to path-style addressing (MinIO & co.)."""
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def make_client(settings: S3Settings, credentials: Mapping[str, str] | None = None):
+    """A boto3 S3 client; a custom endpoint defaults to path-style addressing (MinIO & co.).
+
+    ``credentials`` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN) replace boto3's
+    own lookup (environment, profile, instance role) when given."""
     try:
-        session = boto3.session.Session(profile_name=settings.profile)
+        if credentials and credentials.get("AWS_ACCESS_KEY_ID"):
+            session = boto3.session.Session(
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=credentials.get("AWS_SESSION_TOKEN") or None,
+            )
+        else:
+            session = boto3.session.Session(profile_name=settings.profile)
         style = settings.addressing_style
         client = session.client(
             "s3", endpoint_url=settings.endpoint_url, config=settings.botocore_config(style or "auto")
@@ -238,6 +251,19 @@ class S3Store(Store):
         if store is None:
             store = cls._from_env_cache[key] = cls()
         return store
+
+    @classmethod
+    def from_mapping(cls, environ: Mapping[str, str]) -> S3Store:
+        """A store configured by ``environ`` alone, as if it were the environment (credentials, endpoint,
+        region, transfer settings): the controller reads each experiment's store with the credentials of
+        the Secret the experiment names."""
+        settings = S3Settings.from_env(environ)
+        credentials = {k: environ[k] for k in CREDENTIAL_KEYS if environ.get(k)}
+        return cls(
+            make_client(settings, credentials),
+            settings=settings,
+            transfer_config=transfer_config_from_env(environ),
+        )
 
     # -- error translation ----------------------------------------------------------------------
     @property
