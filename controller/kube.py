@@ -297,10 +297,14 @@ class Kube:
         )
 
     # -- watches -------------------------------------------------------------------------------------
-    def watch(self, what: str, namespace: str | None, timeout_s: int = 60) -> Iterator[dict]:
+    def watch(
+        self, what: str, namespace: str | None, timeout_s: int = 60, label_selector: str | None = None
+    ) -> Iterator[dict]:
         """Stream raw watch events of ``experiments`` or ``jobs`` until the server closes the stream.
 
-        Callers use an event only as a wake-up signal (the loop is level-triggered).
+        Callers use an event only as a wake-up signal for the object it names (the loop is
+        level-triggered). ``label_selector``: only objects with these labels (our jobs, not every
+        PyTorchJob of the cluster).
         """
         from kubernetes import watch
 
@@ -321,7 +325,8 @@ class Kube:
 
         try:
             # The client-side read timeout ends a stream even if a server ignores timeout_seconds.
-            yield from w.stream(fn, *args, timeout_seconds=timeout_s, _request_timeout=timeout_s + 5)
+            extra = {"label_selector": label_selector} if label_selector else {}
+            yield from w.stream(fn, *args, timeout_seconds=timeout_s, _request_timeout=timeout_s + 5, **extra)
         except ReadTimeoutError:
             return  # a quiet stream that timed out: the normal end of a watch
         except Exception as e:

@@ -260,7 +260,12 @@ class Operator:
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.health = Health(stale_after_s=max(3 * resync_s, 60.0))
-        self.requeue_at: dict[str, float] = {}
+        # A work queue in all but name: each experiment is reconciled when it is due (the time its
+        # last pass asked for, or a resync) or when a watch event named it, not on every pass.
+        self.due_at: dict[str, float] = {}
+        self.dirty: set[str] = set()
+        self.dirty_lock = threading.Lock()
+        self.reconciles = 0  # passes over one experiment (for the benchmark and tests)
 
     # -- one pass -------------------------------------------------------------------------------------
     def run_once(self, now: float | None = None) -> float:
@@ -276,13 +281,28 @@ class Operator:
             self.health.beat(reached_api=False)
             return 2.0
         next_in = self.resync_s
+        with self.dirty_lock:
+            dirty, self.dirty = self.dirty, set()
+        seen = set()
         for obj in experiments:
             if self.stop.is_set():
                 break  # shutting down: the rest of the pass is the next leader's (or the next start's)
             if self.elector is not None and not self.elector.is_leader(time.time()):
                 break  # lease about to lapse: stop acting before another replica may start
             key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+            seen.add(key)
+            gen = int(obj["metadata"].get("generation") or 1)
+            if reconcile.is_final(obj.get("status") or {}, gen) and not obj["metadata"].get(
+                "deletionTimestamp"
+            ):
+                self.due_at.pop(key, None)
+                continue  # finished: costs nothing until it is edited (a new generation)
+            due = self.due_at.get(key, 0.0)
+            if key not in dirty and now < due:
+                next_in = min(next_in, due - now)
+                continue
             try:
+                self.reconciles += 1
                 after = reconcile.reconcile(
                     self.kube, obj, backoff_base_s=self.retry_backoff_s, defaults=self.defaults
                 )
@@ -292,8 +312,11 @@ class Operator:
             except Exception:  # a controller bug must not stop the other experiments
                 log.exception("%s: reconcile failed", key)
                 after = 10.0
-            if after is not None:
-                next_in = min(next_in, after)
+            wait = self.resync_s if after is None else min(after, self.resync_s)
+            self.due_at[key] = now + wait
+            next_in = min(next_in, wait)
+        for gone in set(self.due_at) - seen:
+            self.due_at.pop(gone, None)
         self.health.beat(reached_api=True)
         if self.elector is not None:
             next_in = min(next_in, self.elector.lease_s / 3)
@@ -304,8 +327,11 @@ class Operator:
         delay = 1.0
         while not self.stop.is_set():
             try:
-                for _event in self.kube.watch(what, self.namespace, timeout_s=int(self.resync_s) or 30):
-                    self.wake.set()  # any event, whatever its type: just look again
+                selector = f"app.kubernetes.io/managed-by={render.MANAGED_BY}" if what == "jobs" else None
+                for event in self.kube.watch(
+                    what, self.namespace, timeout_s=int(self.resync_s) or 30, label_selector=selector
+                ):
+                    self.mark_dirty(event)  # whatever its type: look at the experiment it names again
                     delay = 1.0
                     if self.stop.is_set():
                         return
@@ -314,6 +340,17 @@ class Operator:
                 self.stop.wait(delay)
                 delay = min(delay * 2, 30.0)
             self.wake.set()
+
+    def mark_dirty(self, event: dict) -> None:
+        """Queue the experiment a watch event names (an experiment, or a job by its label)."""
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {} if isinstance(obj, dict) else {}
+        labels = meta.get("labels") or {}
+        name = meta.get("name") if obj.get("kind") == "CoEExperiment" else labels.get(render.LABEL_EXPERIMENT)
+        if name:
+            with self.dirty_lock:
+                self.dirty.add(f"{meta.get('namespace')}/{name}")
+        self.wake.set()
 
     # -- stopping ---------------------------------------------------------------------------------------
     def request_stop(self) -> None:

@@ -913,6 +913,8 @@ def reconcile(
         # Being deleted (foreground: the garbage collector is removing the children): create nothing,
         # or the controller would recreate what the collector just removed.
         return None
+    if is_final(old_status, int(meta.get("generation") or 1)):
+        return None  # a finished record of this generation: no store or API call at all
     try:
         spec, steps, published, metrics = observe(obj)
     except ConfigError as e:
