@@ -75,9 +75,11 @@ VERIFY_GRACE_S = 30.0
 
 
 def is_permanent_exit(code: int) -> bool:
-    """The runtime's contract with ``restartPolicy: ExitCode``: 1-127 is bad config or data, which a
-    retry cannot fix; 128-255 (outage, preemption, OOM kill) is worth another attempt."""
-    return 1 <= code <= 127
+    """The runtime's contract with ``restartPolicy: ExitCode`` (stated once, in coe_runtime.errors):
+    1-127 is bad config or data, which a retry cannot fix; 128-255 is worth another attempt."""
+    from coe_runtime.errors import is_permanent
+
+    return is_permanent(code)
 
 
 def _first_failure(pods: list[dict], container: str) -> tuple[dict, int] | None:

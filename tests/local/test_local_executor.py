@@ -266,3 +266,36 @@ def test_plain_progress_repeats_within_a_phase_at_most_once_a_minute():
         "phase=generate done=1936 total=2610",
     ]
     assert lines[-1] == "phase=done"
+
+
+def test_an_edited_setting_reruns_exactly_that_step_and_its_descendants(tmp_path, fake_env, capsys):
+    """Issue 15: a published step counts as done only for its own fingerprint."""
+    spec_path = _write_spec(tmp_path)
+    assert coe_ctl(["run", str(spec_path)]) == 0
+    spec = load_spec(spec_path)
+    first = {s["name"]: s for s in experiment_status(spec)["steps"]}
+    capsys.readouterr()
+
+    _write_spec(tmp_path, training={"erc": {"epochs": 3}})  # one field of the finished run
+    edited = load_spec(spec_path)
+    assert coe_ctl(["plan", str(spec_path), "--output", "json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["steps"]}
+    assert {n: r["action"] for n, r in rows.items() if r["action"] != "reuse"} == {
+        "erc": "rerun (stale)",
+        "test": "rerun (stale)",
+    }
+    assert rows["erc"]["changes"] == ["optim.epochs: 20.0 -> 3.0"]
+    assert rows["test"]["changes"] == ["adapter: from a new erc"]  # why a downstream step runs again
+    assert coe_ctl(["run", str(spec_path)]) == 0
+    capsys.readouterr()
+    after = {s["name"]: s for s in experiment_status(edited)["steps"]}
+    rerun = [n for n in QUICKSTART_STEPS if completed_executions(read_attempts(edited, n)) == 2]
+    assert rerun == ["erc", "test"]  # every other step reused from the first run
+    assert all(after[n]["fingerprint"] == first[n]["fingerprint"] for n in QUICKSTART_STEPS if n not in rerun)
+    for n in rerun:  # the old results are still there, under their own fingerprints
+        assert after[n]["fingerprint"] != first[n]["fingerprint"]
+        assert (Path(first[n]["output"].removeprefix("file://")) / "MANIFEST.json").is_file()
+    status = experiment_status(edited)
+    assert status["phase"] == "Succeeded" and status["holds_earlier_results"]
+    assert coe_ctl(["status", str(spec_path)]) == 0
+    assert "earlier spec" in capsys.readouterr().out

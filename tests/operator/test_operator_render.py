@@ -280,3 +280,36 @@ def test_operator_reads_the_helm_charts_environment_variables():
     d = defaults_from_env({"COE_RUNTIME_IMAGE": "img:1", "COE_S3_SECRET": "s3"})
     assert (d.image, d.s3_secret) == ("img:1", "s3")
     assert defaults_from_env({"COE_S3_SECRET": ""}) == render.ClusterDefaults()
+
+
+def test_every_derived_name_fits_63_characters_for_the_longest_accepted_names():
+    """Issue 16: the operator names pods and Services <job>-master-0 / <job>-worker-N (pkg/core
+    GenGeneralName); a 40-character experiment with 2 nodes and 10 STEeR rounds used to give 67-68."""
+    import re
+
+    from coe_controller.planner import plan
+    from coe_controller.spec import parse_spec
+
+    dns1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    for name in ("e" * 40, ("x" + "-long-experiment-name" * 3)[:40].rstrip("-")):  # names: at most 40
+        spec = parse_spec(
+            {
+                "apiVersion": "coe.ml/v1alpha1",
+                "kind": "CoEExperiment",
+                "metadata": {"name": name},
+                "spec": {
+                    "steer": {"rounds": 10},
+                    "resources": {"nodes": 2, "gpusPerPod": 1},
+                    "store": "s3://b/r",
+                },
+            }
+        )
+        rounds = {n: {"continue": True} for n in range(1, 11)}
+        for step in plan(spec, rounds):
+            cm, job = render.renderer().render(
+                render.Owner(name, "ns", "uid"), step, 99, render.JobSettings()
+            )
+            derived = [cm["metadata"]["name"], job["metadata"]["name"]]
+            derived += [f"{job['metadata']['name']}-master-0", f"{job['metadata']['name']}-worker-999"]
+            for d in derived:
+                assert len(d) <= 63 and dns1035.match(d), d
