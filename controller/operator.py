@@ -266,14 +266,20 @@ class Operator:
         self.dirty: set[str] = set()
         self.dirty_lock = threading.Lock()
         self.reconciles = 0  # passes over one experiment (for the benchmark and tests)
+        self.renewing = False  # a thread renews the lease (run() starts it)
+        self.renewer: threading.Thread | None = None
 
     # -- one pass -------------------------------------------------------------------------------------
     def run_once(self, now: float | None = None) -> float:
         """Reconcile every experiment once; returns seconds until the next pass is due."""
         now = time.time() if now is None else now
-        if self.elector is not None and not self.elector.ensure(now):
-            self.health.beat(reached_api=True)
-            return min(self.resync_s, self.elector.lease_s / 3)
+        if self.elector is not None:
+            # With the renewal thread running (run()), the lease is kept apart from the pass, so a
+            # slow pass cannot let it lapse; a pass only checks it (and before every experiment).
+            leader = self.elector.is_leader(now) if self.renewing else self.elector.ensure(now)
+            if not leader:
+                self.health.beat(reached_api=True)
+                return min(self.resync_s, self.elector.lease_s / 3)
         try:
             experiments = self.kube.list_experiments(self.namespace)
         except KubeError as e:
@@ -352,6 +358,15 @@ class Operator:
                 self.dirty.add(f"{meta.get('namespace')}/{name}")
         self.wake.set()
 
+    def _renew(self) -> None:
+        """Acquire or renew the lease every lease/3 seconds, whatever the reconcile pass is doing."""
+        assert self.elector is not None
+        while not self.stop.is_set():
+            was = self.elector.is_leader(time.time())
+            if self.elector.ensure(time.time()) and not was:
+                self.wake.set()  # just became the leader: start a pass now
+            self.stop.wait(self.elector.lease_s / 3)
+
     # -- stopping ---------------------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Leave the loop after the experiment being reconciled (no new pass starts)."""
@@ -375,6 +390,8 @@ class Operator:
         """Release the lease (leader election on), with a short API timeout: we are on our way out."""
         if self.elector is None:
             return
+        if self.renewer is not None:
+            self.renewer.join(timeout_s)  # no renewal may land after the release
         old = getattr(self.kube, "timeout", None)
         if old is not None:
             self.kube.timeout = min(old, timeout_s)
@@ -389,6 +406,11 @@ class Operator:
         server = self.health.serve(health_port) if health_port else None
         for what in ("experiments", "jobs"):
             threading.Thread(target=self._watch, args=(what,), name=f"watch-{what}", daemon=True).start()
+        if self.elector is not None:
+            self.elector.ensure(time.time())
+            self.renewing = True
+            self.renewer = threading.Thread(target=self._renew, name="lease", daemon=True)
+            self.renewer.start()
         log.info(
             "controller %s watching %s%s",
             self.identity,

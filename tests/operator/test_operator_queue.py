@@ -72,3 +72,43 @@ def test_reconcile_of_a_finished_experiment_reads_nothing():
     obj = _exp("done", "Succeeded")
     obj["spec"] = {"store": "s3://unreachable-bucket/x"}  # a store read would fail loudly
     assert rec.reconcile(NoCalls(), obj, now=1000.0) is None
+
+
+def test_the_lease_is_renewed_while_a_pass_is_slow():
+    import threading
+    import time
+
+    from coe_controller.kube import NotFound
+
+    class LeaseKube(ListingKube):
+        def __init__(self):
+            super().__init__([])
+            self.lease = None
+            self.writes = 0
+            self.lock = threading.Lock()
+
+        def get_lease(self, ns, name):
+            with self.lock:
+                if self.lease is None:
+                    raise NotFound("no lease")
+                return copy.deepcopy(self.lease)
+
+        def create_lease(self, ns, body):
+            with self.lock:
+                self.lease, self.writes = body, self.writes + 1
+
+        def replace_lease(self, ns, name, body):
+            with self.lock:
+                self.lease, self.writes = body, self.writes + 1
+
+    kube = LeaseKube()
+    controller = op.Operator(kube, "ns", leader_elect=True, lease_s=3, identity="me")
+    controller.elector.ensure(time.time())
+    controller.renewing = True
+    renewer = threading.Thread(target=controller._renew, daemon=True)
+    renewer.start()
+    time.sleep(3.5)  # a pass stuck this long (a hung store call) used to let the lease lapse
+    assert kube.writes >= 3 and controller.elector.is_leader(time.time())
+    controller.stop.set()
+    renewer.join(5)
+    assert kube.lease["spec"]["holderIdentity"] == "me"
