@@ -35,7 +35,7 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
     "steer_round": ("round-*.json",),
     "clues": ("clues-summary.json",),
 }
-PREDICTION_KEYS = ("id", "output", "parsed_label", "gold", "parse_method")
+PREDICTION_KEYS = ("id", "output", "parsed_label", "gold", "parse_method", "decoding")
 SAMPLE_CHARS = 220
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{12,}'")
 _WORD = re.compile(r"\w+(?:['’]\w+)*")

@@ -38,9 +38,9 @@ def test_evidence_files_picks_the_metrics_not_the_adapter():
 
 def test_slim_prediction_drops_everything_but_ids_answer_and_labels():
     row = {"id": "erc:x", "output": "<joy>", "parsed_label": "joy", "gold": "joy", "parse_method": "tag",
-           "prompt": "Monica: dataset text"}  # fmt: skip
+           "decoding": "generate", "prompt": "Monica: dataset text"}  # fmt: skip
     assert slim_prediction(row) == {
-        k: row[k] for k in ("id", "output", "parsed_label", "gold", "parse_method")
+        k: row[k] for k in ("id", "output", "parsed_label", "gold", "parse_method", "decoding")
     }
 
 

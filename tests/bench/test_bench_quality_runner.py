@@ -98,7 +98,9 @@ def test_bench_runner_tiny_end_to_end_is_resumable(tmp_path, tiny_specs, data_di
         preds = [json.loads(line) for line in (snap / "predictions.jsonl").read_text().splitlines()]
         assert len(preds) == arm["test"]["n"]
         # no dataset text enters the evidence: ids, the model's answer and labels only
-        assert all(set(p) <= {"id", "output", "parsed_label", "gold", "parse_method"} for p in preds)
+        assert all(
+            set(p) <= {"id", "output", "parsed_label", "gold", "parse_method", "decoding"} for p in preds
+        )
         steps = json.loads((snap / "steps.json").read_text())
         assert [s["state"] for s in steps] == ["succeeded"] * len(steps)
         assert "](runs/meld/" + arm["arm"] in text
