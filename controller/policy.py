@@ -30,7 +30,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coe_runtime.errors import ConfigError
+
 REASON = "PolicyViolation"
+
+
+class PolicyViolation(ConfigError):
+    """An experiment asks for what the installation's policy does not allow (``violations``: one line each)."""
+
+    def __init__(self, violations: list[str]):
+        self.violations = list(violations)
+        super().__init__("; ".join(self.violations))
+
+
 ENV_IMAGES = "COE_ALLOWED_IMAGES"
 ENV_SERVICE_ACCOUNTS = "COE_ALLOWED_SERVICE_ACCOUNTS"
 ENV_SECRETS = "COE_ALLOWED_SECRETS"
@@ -197,3 +209,16 @@ def check_steps(steps: Iterable[Any], defaults: Any, owner: Any, job_renderer: A
         objs = job_renderer.render(owner, step, 1, render.settings_from(step.resources, defaults))
         out += [f"step {step.name}: {m.split(': ', 1)[1]}" for m in check(objs, policy)]
     return list(dict.fromkeys(out))
+
+
+def as_violation(status: dict) -> dict:
+    """A failed-spec status (``reconcile.invalid_spec_status``) with reason :data:`REASON` instead of
+    ``InvalidSpec``, in the status and in its conditions."""
+
+    def swap(d: dict) -> dict:
+        return {**d, "reason": REASON} if d.get("reason") == "InvalidSpec" else d
+
+    out = swap(status)
+    if "conditions" in out:
+        out["conditions"] = [swap(c) for c in out["conditions"]]
+    return out

@@ -122,3 +122,17 @@ def test_the_chart_passes_the_policy_values():
     chart = (REPO / "charts" / "coe-controller" / "templates" / "deployment.yaml").read_text()
     for var in (policy.ENV_IMAGES, policy.ENV_SERVICE_ACCOUNTS, policy.ENV_SECRETS):
         assert var in chart
+
+
+def test_as_violation_turns_an_invalid_spec_status_into_a_policy_violation():
+    from coe_controller.reconcile import invalid_spec_status
+
+    obj = {"metadata": {"name": "e", "generation": 2}, "status": {"phase": "Running"}}
+    status = policy.as_violation(invalid_spec_status(obj, "step erc: image 'x' is not allowed", 100.0))
+    assert status["phase"] == "Failed" and status["reason"] == "PolicyViolation"
+    assert {c["type"]: c["reason"] for c in status["conditions"]} == {
+        "Progressing": "PolicyViolation",
+        "Succeeded": "PolicyViolation",
+        "Failed": "PolicyViolation",
+    }
+    assert status["message"] == "step erc: image 'x' is not allowed" and status["observedGeneration"] == 2
