@@ -135,7 +135,7 @@ sys.meta_path.insert(0, Block())
 from coe_controller import cli
 parser = cli.build_parser()
 commands = set(parser._subparsers._group_actions[0].choices)
-for module in ("operator", "reconcile", "render", "kube", "rbac", "crd", "spec", "planner"):
+for module in ("operator", "reconcile", "render", "kube", "rbac", "crd", "spec", "planner", "policy", "owned", "credentials"):
     try:
         importlib.import_module(f"coe_controller.{module}")
     except ModuleNotFoundError as e:
