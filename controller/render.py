@@ -483,8 +483,10 @@ class PyTorchJobRenderer:
                 "readOnlyRootFilesystem": True,
             },
         }
-        env_from = [{"secretRef": {"name": s.s3_secret}}] if s.s3_secret else []
-        env_from += [dict(e) for e in s.env_from]
+        # The S3 Secret last: of two envFrom sources with the same key the later wins, so an experiment's
+        # own envFrom cannot replace the AWS_* credentials (and env, the controller's, beats both).
+        env_from = [dict(e) for e in s.env_from]
+        env_from += [{"secretRef": {"name": s.s3_secret}}] if s.s3_secret else []
         if env_from:
             container["envFrom"] = env_from
         container["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}

@@ -486,7 +486,8 @@ class PodCustomisation(_Spec):
     )
     env_from: list[EnvFromSource] | None = Field(
         None,
-        description="Secrets / ConfigMaps loaded whole as variables (after the S3 Secret); per step: added.",
+        description="Secrets / ConfigMaps loaded whole as variables (keys of the S3 Secret and variables the "
+        "controller sets win over theirs); per step: added.",
     )
     volumes: list[dict[str, Any]] | None = Field(
         None,

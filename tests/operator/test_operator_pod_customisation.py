@@ -45,6 +45,7 @@ CUSTOM = {
     },
     "extraLimits": {"rdma/hca": 1},
     "runtimeClassName": "nvidia",
+    "s3CredentialsSecret": "coe-s3",
     "overrides": {
         "erc": {
             "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
@@ -108,9 +109,11 @@ def test_customisation_is_rendered_globally_and_per_step(tmp_path):
     assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "wandb", "key": "key"}}
     assert env["SITE"]["valueFrom"]["configMapKeyRef"]["optional"] is True
     assert env["NODE"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # the S3 Secret last: a later envFrom source wins, so no ConfigMap or Secret of the spec replaces AWS_*
     assert c["envFrom"] == [
         {"configMapRef": {"name": "nccl-tuning"}},
         {"prefix": "X_", "secretRef": {"name": "extra"}},
+        {"secretRef": {"name": "coe-s3"}},
     ]
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
     assert {v["name"] for v in prepare["spec"]["volumes"]} >= {
