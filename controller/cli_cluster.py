@@ -110,7 +110,7 @@ def render_spec(path: str, namespace: str | None = None, defaults=None) -> list[
     spec = load_spec(path)
     owner = render.Owner(spec.name, namespace or spec.metadata.namespace or "default")
     objs: list[dict] = []
-    r = render.renderer()
+    r = render.renderer(spec.spec.resources.job_api)  # PyTorchJobs, or TrainJobs (resources.jobApi)
     for step in plan(spec):
         objs.extend(r.render(owner, step, 1, render.settings_from(step.resources, defaults)))
     return objs

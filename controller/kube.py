@@ -13,14 +13,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from coe_controller import rbac
-from coe_controller.rbac import (
-    GROUP,
-    PLURAL,
-    PYTORCHJOB_GROUP,
-    PYTORCHJOB_PLURAL,
-    PYTORCHJOB_VERSION,
-    VERSION,
-)
+from coe_controller.rbac import GROUP, PLURAL, VERSION
+
+
+def _default_api():
+    """The PyTorchJob renderer: the job API of a call that names none."""
+    from coe_controller import render
+
+    return render.renderer()
+
+
+def _job_apis() -> list[tuple[str, str]]:
+    """(group, plural) of every job API a renderer exists for: what a client may call (the Role the
+    chart renders grants only the chosen ones, value ``jobApis``)."""
+    from coe_controller import render
+
+    return [(r.group, r.plural) for r in render.RENDERERS.values()]
 
 
 class KubeError(Exception):
@@ -90,7 +98,9 @@ class Kube:
         from kubernetes import client
 
         self.api_client = api_client
-        self.permissions = rbac.CONTROLLER_PERMISSIONS if role == "controller" else rbac.USER_PERMISSIONS
+        self.permissions = (
+            rbac.controller_permissions(_job_apis()) if role == "controller" else rbac.USER_PERMISSIONS
+        )
         self.role = role
         self.timeout = request_timeout
         self._custom = client.CustomObjectsApi(api_client)
@@ -183,41 +193,44 @@ class Kube:
             propagation_policy="Background",
         )
 
-    # -- PyTorchJobs ---------------------------------------------------------------------------------
-    def list_jobs(self, namespace: str, label_selector: str) -> list[dict]:
-        self._require(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, "list")
+    # -- training jobs (PyTorchJob, TrainJob: the API is the renderer's) ------------------------------
+    def list_jobs(self, namespace: str, label_selector: str, api: Any = None) -> list[dict]:
+        api = api or _default_api()
+        self._require(api.group, api.plural, "list")
         res = self._call(
-            "list pytorchjobs",
+            f"list {api.plural}",
             self._custom.list_namespaced_custom_object,
-            PYTORCHJOB_GROUP,
-            PYTORCHJOB_VERSION,
+            api.group,
+            api.version,
             namespace,
-            PYTORCHJOB_PLURAL,
+            api.plural,
             label_selector=label_selector,
         )
         return list(res.get("items") or [])
 
-    def create_job(self, namespace: str, body: dict) -> dict:
-        self._require(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, "create")
+    def create_job(self, namespace: str, body: dict, api: Any = None) -> dict:
+        api = api or _default_api()
+        self._require(api.group, api.plural, "create")
         return self._call(
-            f"create pytorchjob {namespace}/{body['metadata']['name']}",
+            f"create {api.kind.lower()} {namespace}/{body['metadata']['name']}",
             self._custom.create_namespaced_custom_object,
-            PYTORCHJOB_GROUP,
-            PYTORCHJOB_VERSION,
+            api.group,
+            api.version,
             namespace,
-            PYTORCHJOB_PLURAL,
+            api.plural,
             body,
         )
 
-    def delete_job(self, namespace: str, name: str) -> None:
-        self._require(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, "delete")
+    def delete_job(self, namespace: str, name: str, api: Any = None) -> None:
+        api = api or _default_api()
+        self._require(api.group, api.plural, "delete")
         self._call(
-            f"delete pytorchjob {namespace}/{name}",
+            f"delete {api.kind.lower()} {namespace}/{name}",
             self._custom.delete_namespaced_custom_object,
-            PYTORCHJOB_GROUP,
-            PYTORCHJOB_VERSION,
+            api.group,
+            api.version,
             namespace,
-            PYTORCHJOB_PLURAL,
+            api.plural,
             name,
             propagation_policy="Foreground",
         )
@@ -298,13 +311,18 @@ class Kube:
 
     # -- watches -------------------------------------------------------------------------------------
     def watch(
-        self, what: str, namespace: str | None, timeout_s: int = 60, label_selector: str | None = None
+        self,
+        what: str,
+        namespace: str | None,
+        timeout_s: int = 60,
+        label_selector: str | None = None,
+        api: Any = None,
     ) -> Iterator[dict]:
         """Stream raw watch events of ``experiments`` or ``jobs`` until the server closes the stream.
 
         Callers use an event only as a wake-up signal for the object it names (the loop is
         level-triggered). ``label_selector``: only objects with these labels (our jobs, not every
-        PyTorchJob of the cluster).
+        PyTorchJob of the cluster). ``api``: the job API of ``jobs`` (a renderer; PyTorchJob when None).
         """
         from kubernetes import watch
 
@@ -312,8 +330,9 @@ class Kube:
             self._require(GROUP, PLURAL, "watch")
             group, version, plural = GROUP, VERSION, PLURAL
         elif what == "jobs":
-            self._require(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, "watch")
-            group, version, plural = PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL
+            api = api or _default_api()
+            self._require(api.group, api.plural, "watch")
+            group, version, plural = api.group, api.version, api.plural
         else:
             raise ValueError(what)
         w = watch.Watch()

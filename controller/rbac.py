@@ -13,6 +13,7 @@ can say what a user Role must allow.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 GROUP = "coe.ml"
@@ -45,7 +46,8 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     # the controller writes status only (never the spec): merge-patch on the status subresource
     Permission(GROUP, f"{PLURAL}/status", ("patch",)),
     # one PyTorchJob per step attempt, never updated; deleted only when its pods were recreated past
-    # the restart limit (v1.9 never fails such a job, which would hold its GPUs forever)
+    # the restart limit (v1.9 never fails such a job, which would hold its GPUs forever). Another job
+    # API (a TrainJob) gets the same verbs on its own resource instead: job_permission().
     Permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL, ("list", "watch", "create", "delete")),
     # the pods of a Failed job, by label: their exit code tells a permanent failure (1-127: bad
     # config or data, never retried) from a retryable one
@@ -80,13 +82,43 @@ USER_PERMISSIONS: tuple[Permission, ...] = (
 )
 
 
+JOB_VERBS = ("list", "watch", "create", "delete")
+
+
+def job_permission(api_group: str, plural: str) -> Permission:
+    """What the controller needs on one training-job API (a renderer's group and plural)."""
+    return Permission(api_group, plural, JOB_VERBS)
+
+
+def controller_permissions(job_apis: Iterable[tuple[str, str]] | None = None) -> tuple[Permission, ...]:
+    """The controller's permissions with the rule of each job API in ``job_apis`` ((group, plural)
+    pairs, from the renderers: ``render.renderer(kind).group/.plural``) in place of the PyTorchJob
+    one; None: :data:`CONTROLLER_PERMISSIONS` (PyTorchJob only)."""
+    if job_apis is None:
+        return CONTROLLER_PERMISSIONS
+    pytorchjob = job_permission(PYTORCHJOB_GROUP, PYTORCHJOB_PLURAL)
+    at = CONTROLLER_PERMISSIONS.index(pytorchjob)
+    jobs = tuple(dict.fromkeys(job_permission(g, p) for g, p in job_apis))
+    return CONTROLLER_PERMISSIONS[:at] + jobs + CONTROLLER_PERMISSIONS[at + 1 :]
+
+
 def _as_rules(perms: tuple[Permission, ...]) -> list[dict]:
     return [{"apiGroups": [p.api_group], "resources": [p.resource], "verbs": list(p.verbs)} for p in perms]
 
 
-def rules() -> list[dict]:
+def rules(job_apis: Iterable[tuple[str, str]] | None = None) -> list[dict]:
     """The controller's permissions as Kubernetes PolicyRules (for a Role or ClusterRole)."""
-    return _as_rules(CONTROLLER_PERMISSIONS)
+    return _as_rules(controller_permissions(job_apis))
+
+
+def job_rules(api_group: str, plural: str) -> list[dict]:
+    """The PolicyRules of one job API (the chart adds them for each entry of its ``jobApis`` value)."""
+    return _as_rules((job_permission(api_group, plural),))
+
+
+def base_rules() -> list[dict]:
+    """The controller's PolicyRules without any job API's."""
+    return _as_rules(controller_permissions(()))
 
 
 def user_rules() -> list[dict]:

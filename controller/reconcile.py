@@ -907,7 +907,6 @@ def reconcile(
     from coe_runtime.errors import ConfigError, StoreError
 
     now = time.time() if now is None else now
-    job_renderer = job_renderer or render.renderer()
     meta = obj["metadata"]
     ns, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid")
     old_status = obj.get("status") or {}
@@ -942,8 +941,10 @@ def reconcile(
         _store_unavailable(kube, obj, f"artifact store unavailable: {e}", now)
         return 15.0
 
+    # The job API of this experiment (spec.resources.jobApi): what is listed, created, read and deleted.
+    job_renderer = job_renderer or render.renderer(spec.spec.resources.job_api)
     selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
-    listed = kube.list_jobs(ns, selector)
+    listed = kube.list_jobs(ns, selector, api=job_renderer)
     jobs = [j for j in listed if owned_by(j, uid)]
     # Jobs with our labels that another object owns: an earlier experiment of the same name whose
     # children the garbage collector has not removed yet. Never adopted, never trusted.
@@ -983,7 +984,7 @@ def reconcile(
                 blocked.append(problem)
         elif isinstance(action, DeleteJob):
             with contextlib.suppress(NotFound):
-                kube.delete_job(ns, action.job)
+                kube.delete_job(ns, action.job, api=job_renderer)
             log.info("%s/%s: deleted %s (restart limit exceeded)", ns, name, action.job)
         elif isinstance(action, EmitEvent):
             _emit(kube, obj, action, now)
@@ -1018,7 +1019,8 @@ def _create_attempt(
         return f"job {name} exists but belongs to an earlier experiment of this name; waiting for it to be removed"
     try:
         if attempt > 1 and previous:
-            job = frozen_retry(previous[-1], attempt, name)
+            retry = getattr(job_renderer, "retry", None) or frozen_retry  # the job API's own, if it has one
+            job = retry(previous[-1], attempt, name)
         else:
             config_map, job = job_renderer.render(owner, step, attempt, settings)
             try:
@@ -1030,12 +1032,14 @@ def _create_attempt(
                         f"configmap {config_map['metadata']['name']} exists but is not this experiment's "
                         "frozen step config (an earlier experiment of this name?); waiting for it to be removed"
                     )
-        kube.create_job(ns, job)
+        kube.create_job(ns, job, api=job_renderer)
         log.info("%s/%s: created %s %s", ns, owner.name, job["kind"], name)
     except Conflict:
         log.info("%s/%s: %s exists already (created before a restart)", ns, owner.name, name)
     except KubeError as e:
         log.warning("%s/%s: cannot create %s: %s", ns, owner.name, name, e)
+        return f"cannot create job {name} for step {step.name}: {e}"
+    except render.UnsupportedByJobApi as e:  # a pod setting the chosen job API cannot carry
         return f"cannot create job {name} for step {step.name}: {e}"
     return None
 
@@ -1059,11 +1063,11 @@ def observe_exit_codes(kube: Kube, ns: str, obj: dict, jobs: list[dict], job_ren
             continue
         name = last["metadata"]["name"]
         try:
-            pods = kube.list_pods(ns, f"{render.LABEL_JOB}={render.label_value(name)}")
+            pods = kube.list_pods(ns, _pod_selector(job_renderer, name))
         except KubeError as e:
             log.warning("%s/%s: cannot read the pods of %s: %s", ns, obj["metadata"]["name"], name, e)
             continue
-        code = failed_exit_code(pods)
+        code = failed_exit_code(pods, getattr(job_renderer, "container", render.CONTAINER_NAME))
         if code is not None:
             codes[name] = code
     return codes
@@ -1086,7 +1090,7 @@ def unfinished_job_pods(
             continue
         name = last["metadata"]["name"]
         try:
-            out[name] = kube.list_pods(ns, f"{render.LABEL_JOB}={render.label_value(name)}")
+            out[name] = kube.list_pods(ns, _pod_selector(job_renderer, name))
         except KubeError as e:
             log.warning("%s/%s: cannot read the pods of %s: %s", ns, obj["metadata"]["name"], name, e)
     return out
@@ -1104,10 +1108,17 @@ def observe_restarts(
         pods_by_job = unfinished_job_pods(kube, ns, obj, jobs, job_renderer)
     status = obj.get("status") or {}
     recorded = {s.get("jobName"): s for s in status.get("steps") or [] if s.get("jobName")}
+    container = getattr(job_renderer, "container", render.CONTAINER_NAME)
     return {
-        name: count_restarts(_recorded_restarts(recorded.get(name), name), pods)
+        name: count_restarts(_recorded_restarts(recorded.get(name), name), pods, container)
         for name, pods in pods_by_job.items()
     }
+
+
+def _pod_selector(job_renderer: Any, job: str) -> str:
+    """The label selector of one job's pods, as the job API's renderer defines it."""
+    select = getattr(job_renderer, "pod_selector", None)
+    return select(job) if select else f"{render.LABEL_JOB}={render.label_value(job)}"
 
 
 # Waiting reasons of a container that will not go away by waiting (kubelet's image and config

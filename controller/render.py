@@ -256,11 +256,19 @@ class JobState:
 
 
 class JobRenderer(Protocol):
-    """What a training-job kind must provide."""
+    """What a training-job kind must provide: its API (group, version, plural: what kube.py lists,
+    creates, deletes and watches, and what rbac.py grants), the name of the container whose exit code
+    is read, the label selector of one job's pods, and render/state."""
 
+    group: str
+    version: str
     api_version: str
     kind: str
     plural: str
+    container: str
+
+    def pod_selector(self, job: str) -> str:
+        """The label selector of the pods of job ``job``."""
 
     def render(self, owner: Owner, step: Any, attempt: int, settings: JobSettings) -> list[dict]:
         """The objects of one attempt: the frozen-config ConfigMap first, then the job."""
@@ -337,9 +345,16 @@ def torchrun_command(kind: str, nnodes: int, nproc_per_node: int) -> list[str]:
 
 
 class PyTorchJobRenderer:
+    group = rbac.PYTORCHJOB_GROUP
+    version = rbac.PYTORCHJOB_VERSION
     api_version = f"{rbac.PYTORCHJOB_GROUP}/{rbac.PYTORCHJOB_VERSION}"
     kind = rbac.PYTORCHJOB_KIND
     plural = rbac.PYTORCHJOB_PLURAL
+    container = CONTAINER_NAME
+
+    def pod_selector(self, job: str) -> str:
+        """The pods of one job: our coe.ml/job label, set on every replica's pod template."""
+        return f"{LABEL_JOB}={label_value(job)}"
 
     def render(self, owner: Owner, step: Any, attempt: int, settings: JobSettings) -> list[dict]:
         config = step.config
@@ -536,8 +551,203 @@ class PyTorchJobRenderer:
         return JobState("Pending", start_time=start)
 
 
-RENDERERS: dict[str, JobRenderer] = {"PyTorchJob": PyTorchJobRenderer()}
+# -- Kubeflow Trainer v2 ------------------------------------------------------------------------------
+# TrainJob (trainer.kubeflow.org/v1alpha1, kubeflow/trainer pkg/apis/trainer/v1alpha1/trainjob_types.go)
+# names a ClusterTrainingRuntime; the trainer controller renders a JobSet from it. What a TrainJob may
+# change is restricted: ``spec.trainer`` sets image, command, env, numNodes, numProcPerNode and
+# resourcesPerNode of the runtime's trainer container, and ``spec.runtimePatches[].trainingRuntimeSpec``
+# patches the runtime's pod template (labels, annotations, volumes, nodeSelector, tolerations, affinity,
+# serviceAccountName, pod securityContext; per container only env, volumeMounts and securityContext).
+TRAINJOB_GROUP = "trainer.kubeflow.org"
+TRAINJOB_VERSION = "v1alpha1"
+TRAINJOB_PLURAL = "trainjobs"
+TRAINJOB_KIND = "TrainJob"
+DEFAULT_TRAINING_RUNTIME = "torch-distributed"
+# The torch-distributed runtime's replicated job and trainer container are both named "node"
+# (pkg/constants/constants.go Node; the runtime in ../shared/k8s/trainer-v2/torch-distributed.yaml).
+TRAINJOB_REPLICATED_JOB = "node"
+TRAINJOB_CONTAINER = "node"
+RUNTIME_PATCH_MANAGER = "coe.ml/coe-controller"  # runtimePatches[].manager: who owns the patch
+# AWS_* / COE_S3_* keys an S3 Secret may hold. A TrainJob has no envFrom (neither spec.trainer nor a
+# container patch carries one), so the Secret reaches the pod key by key, each optional.
+S3_SECRET_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_RETRY_MODE",
+    "AWS_MAX_ATTEMPTS",
+    "COE_S3_ADDRESSING_STYLE",
+    "COE_S3_MULTIPART_THRESHOLD_MB",
+    "COE_S3_MULTIPART_CHUNK_MB",
+    "COE_S3_MAX_CONCURRENCY",
+    "COE_S3_CONNECT_TIMEOUT_S",
+    "COE_S3_READ_TIMEOUT_S",
+)
+# What the pod-spec patch (PodSpecPatch) can carry; anything else a step's pod needs cannot be expressed.
+_TRAINJOB_POD_FIELDS = (
+    "affinity",
+    "imagePullSecrets",
+    "nodeSelector",
+    "securityContext",
+    "serviceAccountName",
+    "terminationGracePeriodSeconds",
+    "tolerations",
+    "volumes",
+)
+
+
+class UnsupportedByJobApi(ValueError):
+    """A step needs a pod setting the chosen job API cannot carry (refused, never silently dropped)."""
+
+
+class TrainJobRenderer:
+    """Kubeflow Trainer v2: one TrainJob per step attempt, with the same frozen ConfigMap, env, Secret,
+    mounts and coe.ml/* labels as :class:`PyTorchJobRenderer` (the pod template is built by it, then
+    carried over into ``spec.trainer`` and one ``runtimePatches`` entry)."""
+
+    group = TRAINJOB_GROUP
+    version = TRAINJOB_VERSION
+    api_version = f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}"
+    kind = TRAINJOB_KIND
+    plural = TRAINJOB_PLURAL
+    container = TRAINJOB_CONTAINER
+
+    def __init__(self, runtime: str | None = None):
+        self.runtime = runtime  # None: the step's resources.trainingRuntime
+
+    def pod_selector(self, job: str) -> str:
+        return f"{LABEL_JOB}={label_value(job)}"
+
+    def render(self, owner: Owner, step: Any, attempt: int, settings: JobSettings) -> list[dict]:
+        if settings.priority_class_name or settings.runtime_class_name:
+            raise UnsupportedByJobApi(
+                "a TrainJob cannot set priorityClassName or runtimeClassName (set them in the training runtime)"
+            )
+        if settings.env_from:
+            raise UnsupportedByJobApi("a TrainJob has no envFrom: use env with valueFrom instead")
+        config_map, v1 = PyTorchJobRenderer().render(owner, step, attempt, settings)
+        meta = v1["metadata"]
+        template = v1["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+        pod = dict(template["spec"])
+        (container,) = pod.pop("containers")
+        pod.pop("restartPolicy", None)
+        unsupported = sorted(set(pod) - set(_TRAINJOB_POD_FIELDS))
+        if unsupported:
+            raise UnsupportedByJobApi(f"a TrainJob's pod patch cannot carry {unsupported}")
+        container = dict(container)
+        container.pop("name")
+        env = list(container.pop("env", []))
+        for source in container.pop("envFrom", []):
+            secret = (source.get("secretRef") or {}).get("name")
+            if secret != settings.s3_secret:
+                raise UnsupportedByJobApi(f"a TrainJob has no envFrom (cannot carry {source})")
+            env += [
+                {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k, "optional": True}}}
+                for k in S3_SECRET_KEYS
+            ]
+        container.pop("imagePullPolicy", None)  # the runtime's (a TrainJob cannot set it)
+        trainer = {
+            "image": container.pop("image"),
+            "command": container.pop("command"),
+            "env": env,
+            "numNodes": step.config.distributed.nnodes,
+            "numProcPerNode": step.config.distributed.nproc_per_node,
+            "resourcesPerNode": container.pop("resources"),
+        }
+        patch_container = {"name": TRAINJOB_CONTAINER, **container}  # volumeMounts, securityContext
+        unsupported = sorted(set(patch_container) - {"name", "volumeMounts", "securityContext"})
+        if unsupported:
+            raise UnsupportedByJobApi(f"a TrainJob's container patch cannot carry {unsupported}")
+        pod["containers"] = [patch_container]
+        runtime = (
+            self.runtime or getattr(step.resources, "training_runtime", None) or DEFAULT_TRAINING_RUNTIME
+        )
+        spec: dict[str, Any] = {
+            "runtimeRef": {"apiGroup": TRAINJOB_GROUP, "kind": "ClusterTrainingRuntime", "name": runtime},
+            "trainer": trainer,
+            "runtimePatches": [
+                {
+                    "manager": RUNTIME_PATCH_MANAGER,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": TRAINJOB_REPLICATED_JOB,
+                                        "template": {
+                                            "spec": {
+                                                "template": {"metadata": template["metadata"], "spec": pod}
+                                            }
+                                        },
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
+        }
+        if settings.active_deadline_seconds:
+            spec["activeDeadlineSeconds"] = settings.active_deadline_seconds
+        if settings.kueue_queue:
+            spec["suspend"] = True  # Kueue admits (unsuspends) the TrainJob when quota allows
+        job = {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta, "spec": spec}
+        return [config_map, job]
+
+    @staticmethod
+    def _pod_templates(job: dict) -> list[dict]:
+        out = []
+        for patch in job["spec"].get("runtimePatches") or []:
+            rjobs = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+            for rj in rjobs.get("replicatedJobs") or []:
+                out.append(rj["template"]["spec"]["template"])
+        return out
+
+    def retry(self, previous: dict, attempt: int, name: str) -> dict:
+        """Attempt N made from attempt N-1 as it was created (see ``reconcile.frozen_retry``)."""
+        import copy
+
+        job = copy.deepcopy(previous)
+        meta = job["metadata"]
+        labels = {**(meta.get("labels") or {}), LABEL_ATTEMPT: str(attempt)}
+        keep = ("name", "namespace", "labels", "annotations", "ownerReferences")
+        job["metadata"] = {k: v for k, v in {**meta, "name": name, "labels": labels}.items() if k in keep}
+        job.pop("status", None)
+        for template in self._pod_templates(job):
+            tmeta = template.setdefault("metadata", {})
+            tmeta["labels"] = {**(tmeta.get("labels") or {}), LABEL_ATTEMPT: str(attempt), LABEL_JOB: name}
+        return job
+
+    def state(self, job: dict) -> JobState:
+        """Conditions Complete / Failed / Suspended (trainjob_types.go; the JobSet plugin copies the
+        JobSet's Completed / Failed: pkg/runtime/framework/plugins/jobset/jobset.go Status), looked up
+        by type; Running when a child Job is active (status.jobsStatus)."""
+        status = job.get("status") or {}
+        true = {c.get("type"): c for c in status.get("conditions") or [] if str(c.get("status")) == "True"}
+        for cond, phase in (("Complete", "Succeeded"), ("Failed", "Failed")):
+            if cond in true:
+                c = true[cond]
+                return JobState(
+                    phase, c.get("reason", ""), c.get("message", ""), None, c.get("lastTransitionTime")
+                )
+        if "Suspended" in true:
+            c = true["Suspended"]
+            return JobState("Suspended", c.get("reason", ""), c.get("message", ""))
+        if any(int(j.get("active") or 0) > 0 for j in status.get("jobsStatus") or []):
+            return JobState("Running")
+        return JobState("Pending")
+
+
+RENDERERS: dict[str, JobRenderer] = {"PyTorchJob": PyTorchJobRenderer(), "TrainJob": TrainJobRenderer()}
+
+
+JOB_APIS = tuple(RENDERERS)  # the job APIs a spec's resources.jobApi may name
 
 
 def renderer(kind: str = "PyTorchJob") -> JobRenderer:
+    """The renderer of job API ``kind`` (spec.resources.jobApi)."""
     return RENDERERS[kind]

@@ -603,6 +603,16 @@ class ResourcesSpec(PodCustomisation):
     queue_name: str | None = Field(
         None, description="Kueue LocalQueue: jobs are created suspended and Kueue admits them."
     )
+    job_api: Literal["PyTorchJob", "TrainJob"] = Field(
+        "PyTorchJob",
+        description="Training-job API each step runs as: PyTorchJob (Kubeflow Training Operator v1, "
+        "kubeflow.org/v1) or TrainJob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1).",
+    )
+    training_runtime: str = Field(
+        "torch-distributed",
+        min_length=1,
+        description="TrainJob only: the ClusterTrainingRuntime the steps reference (spec.runtimeRef.name).",
+    )
     s3_credentials_secret: str | None = Field(
         None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_ENDPOINT_URL), passed via envFrom.",
@@ -636,6 +646,26 @@ class ResourcesSpec(PodCustomisation):
         if unknown:
             raise ValueError(f"unknown step key(s) {unknown}; expected some of {list(OVERRIDE_KEYS)}")
         return v
+
+    @model_validator(mode="after")
+    def _trainjob_can_carry_it(self) -> ResourcesSpec:
+        """A TrainJob (Trainer v2) cannot set what its runtime owns: refused here, not dropped."""
+        if self.job_api != "TrainJob":
+            return self
+        for key in [None, *self.overrides]:
+            step = self.for_step(key) if key else self
+            where = f"overrides.{key}." if key else ""
+            for field_name, alias in (
+                ("priority_class_name", "priorityClassName"),
+                ("runtime_class_name", "runtimeClassName"),
+                ("env_from", "envFrom"),
+            ):
+                if getattr(step, field_name, None):
+                    raise ValueError(
+                        f"{where}{alias}: a TrainJob cannot set it (jobApi TrainJob; set it in the "
+                        "ClusterTrainingRuntime, or use env with valueFrom for envFrom)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _one_deepspeed(self) -> ResourcesSpec:

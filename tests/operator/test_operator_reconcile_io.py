@@ -31,7 +31,7 @@ class RecordingKube:
         self.create_job_error = create_job_error
         self.calls: list[tuple] = []
 
-    def list_jobs(self, ns, selector):
+    def list_jobs(self, ns, selector, api=None):
         return copy.deepcopy(self.jobs)
 
     def list_pods(self, ns, selector):
@@ -46,13 +46,13 @@ class RecordingKube:
     def get_configmap(self, ns, name):
         return copy.deepcopy(self.configmaps[name])
 
-    def create_job(self, ns, body):
+    def create_job(self, ns, body, api=None):
         self.calls.append(("create_job", body["metadata"]["name"]))
         if self.create_job_error:
             raise self.create_job_error
         self.jobs.append(body)
 
-    def delete_job(self, ns, name):
+    def delete_job(self, ns, name, api=None):
         self.calls.append(("delete_job", name))
 
     def create_event(self, ns, body):
