@@ -97,7 +97,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Policy | None:
 # -- what a pod uses ---------------------------------------------------------------------------------
 def pod_specs(obj: Any) -> Iterator[tuple[str, dict]]:
     """(where, pod spec) for every pod spec inside ``obj``: a Pod, a pod template, a PyTorchJob (one per
-    replica type), any object with a ``template``, or a list of these."""
+    replica type), a TrainJob (its pod patch, with ``spec.trainer``'s image and env as one more container),
+    any object that holds pod specs, or a list of these."""
     if isinstance(obj, list | tuple):
         for o in obj:
             yield from pod_specs(o)
@@ -105,22 +106,49 @@ def pod_specs(obj: Any) -> Iterator[tuple[str, dict]]:
     if not isinstance(obj, dict):
         return
     name = (obj.get("metadata") or {}).get("name")
-    label = f"{obj.get('kind', 'object')} {name}" if name else obj.get("kind", "pod template")
-    if "containers" in obj:
-        yield label, obj
+    kind = obj.get("kind")
+    label = f"{kind or 'object'} {name}" if name else kind or "pod template"
+    if kind == "TrainJob":
+        yield from _trainjob_pods(label, obj.get("spec") or {})
         return
-    spec = obj.get("spec")
-    if isinstance(spec, dict) and "containers" in spec:
-        yield label, spec
-        return
-    if isinstance(spec, dict) and obj.get("kind") == "PyTorchJob":
-        for rtype, replica in (spec.get("pytorchReplicaSpecs") or {}).items():
+    if kind == "PyTorchJob":
+        for rtype, replica in ((obj.get("spec") or {}).get("pytorchReplicaSpecs") or {}).items():
             for _, pod in pod_specs((replica or {}).get("template") or {}):
                 yield f"{label} ({rtype})", pod
         return
-    if isinstance(spec, dict) and isinstance(spec.get("template"), dict):
-        for _, pod in pod_specs(spec["template"]):
-            yield label, pod
+    for _, pod in _find_pods(obj):
+        yield label, pod
+
+
+def _find_pods(node: Any) -> Iterator[tuple[str, dict]]:
+    """Every mapping with a ``containers`` list below ``node`` (the pod specs of any workload kind)."""
+    if isinstance(node, list):
+        for n in node:
+            yield from _find_pods(n)
+    elif isinstance(node, dict):
+        if isinstance(node.get("containers"), list):
+            yield "", node
+            return
+        for value in node.values():
+            yield from _find_pods(value)
+
+
+def _trainjob_pods(label: str, spec: dict) -> Iterator[tuple[str, dict]]:
+    """A TrainJob's pods: the runtime patches' pod specs, with the trainer (image, env) added as a
+    container; a trainer without a pod patch is checked alone (the runtime's ServiceAccount unknown)."""
+    trainer = spec.get("trainer") or {}
+    trainer_container = {
+        "name": "trainer",
+        "image": trainer.get("image", ""),
+        "env": trainer.get("env") or [],
+    }
+    pods = [pod for _, pod in _find_pods(spec.get("runtimePatches") or [])]
+    if not pods:
+        pods = [{"containers": []}]
+    for pod in pods:
+        containers = [c for c in pod.get("containers") or [] if c.get("image")]
+        merged = {**pod, "containers": [*containers, trainer_container] if trainer else containers}
+        yield label, merged
 
 
 def _containers(pod: dict) -> list[dict]:

@@ -136,3 +136,25 @@ def test_as_violation_turns_an_invalid_spec_status_into_a_policy_violation():
         "Failed": "PolicyViolation",
     }
     assert status["message"] == "step erc: image 'x' is not allowed" and status["observedGeneration"] == 2
+
+
+def test_trainjobs_are_checked_too(tmp_path):
+    """Kubeflow Trainer v2: the image and env live in spec.trainer, the pod settings in runtimePatches."""
+    bad = {
+        "jobApi": "TrainJob",
+        "image": "docker.io/evil/miner:latest",
+        "serviceAccountName": "cluster-admin-sa",
+        "s3CredentialsSecret": "other-team-s3",
+        "env": [{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "pw"}}}],
+        "volumes": [{"name": "keys", "secret": {"secretName": "tls-keys"}}],
+        "volumeMounts": [{"name": "keys", "mountPath": "/keys"}],
+    }
+    objs = render_spec(_spec(tmp_path, **bad), "ml")
+    assert any(o["kind"] == "TrainJob" for o in objs)
+    text = "\n".join(policy.check(objs, POLICY))
+    assert "image 'docker.io/evil/miner:latest' is not allowed" in text
+    assert "serviceAccountName 'cluster-admin-sa' is not allowed" in text
+    for secret in ("other-team-s3", "db-password", "tls-keys"):
+        assert f"Secret {secret!r}" in text, (secret, text)
+    good = render_spec(_spec(tmp_path, **{**ALLOWED, "jobApi": "TrainJob"}), "ml")
+    assert policy.check(good, POLICY) == []
