@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from coe_controller import render
+from coe_controller import policy, render
 from coe_controller.kube import Conflict, Kube, KubeError, NotFound
 
 log = logging.getLogger("coe_controller.reconcile")
@@ -330,10 +330,15 @@ def summarize_metrics(doc: dict | None) -> dict:
     return out
 
 
+# Failures that judge the spec, not a run: looked at again every pass (a fixed spec, a relaxed policy
+# or a newer controller lets the experiment start), unlike a finished run.
+SPEC_VERDICTS = ("InvalidSpec", policy.REASON)
+
+
 def is_final(status: dict, generation: int) -> bool:
     """Whether a status is a finished record for this generation of the spec (nothing more to do)."""
     phase = status.get("phase")
-    if phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or status.get("reason") == "InvalidSpec":
+    if phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or status.get("reason") in SPEC_VERDICTS:
         return False
     return int(status.get("observedGeneration") or generation) >= generation
 
@@ -679,7 +684,7 @@ def decide(
     phase, reason, message = _phase_of(views, plan, p)
     # An InvalidSpec failure is a verdict on the spec, not a finished run: a spec that now parses
     # (fixed, or a newer controller) starts it, like an edit would.
-    new_generation = int(old.get("observedGeneration") or gen) < gen or old.get("reason") == "InvalidSpec"
+    new_generation = int(old.get("observedGeneration") or gen) < gen or old.get("reason") in SPEC_VERDICTS
     if not allowed_transition(old.get("phase"), phase, new_generation):
         log.error(
             "%s: phase %s -> %s is not allowed; keeping %s",
@@ -794,8 +799,12 @@ def parse_experiment(obj: dict):
     return parse_spec(body, f"coeexperiment {meta.get('namespace')}/{meta.get('name')}")
 
 
-def observe(obj: dict):
+def observe(obj: dict, kube: Kube | None = None, defaults: render.ClusterDefaults | None = None):
     """Read the spec, plan and store state of one experiment: (spec, plan, published, metrics).
+
+    With ``kube``, the store is read with the experiment's own S3 Secret (credentials.store_for: the
+    credentials its pods get), not the controller's; a Secret the installation's policy does not
+    allow is a PolicyViolation.
 
     Through coe_controller.state, as every other view: a step is published when its fingerprint's
     manifest is in the store. STEeR decisions are read before the published set: a plan is built from
@@ -812,8 +821,18 @@ def observe(obj: dict):
         for name, s in old_steps.items()
         if s.get("state") == StepState.SUCCEEDED.value and "metrics" in s and s.get("fingerprint")
     }
+    store = None
+    if kube is not None:
+        from coe_controller import credentials
+
+        ns = obj.get("metadata", {}).get("namespace") or "default"
+        store = credentials.store_for(kube, ns, spec, defaults)
     facts = read_store(
-        spec, earlier=False, known=known, known_fingerprints={n: old_steps[n]["fingerprint"] for n in known}
+        spec,
+        store,
+        earlier=False,
+        known=known,
+        known_fingerprints={n: old_steps[n]["fingerprint"] for n in known},
     )
     state = derive(spec, facts)
     metrics = {v.name: summarize_metrics(v.result) for v in state.steps if v.done}
@@ -917,11 +936,21 @@ def reconcile(
     if is_final(old_status, int(meta.get("generation") or 1)):
         return None  # a finished record of this generation: no store or API call at all
     try:
-        spec, steps, published, metrics = observe(obj)
+        spec, steps, published, metrics = observe(obj, kube, defaults)
+        # The installation's policy (allowed images, ServiceAccounts, Secrets), on the jobs as they
+        # would be created: the controller creates pods on the author's behalf.
+        violations = policy.check_steps(
+            steps,
+            defaults,
+            Owner(name, ns, uid),
+            job_renderer or render.renderer(spec.spec.resources.job_api),
+        )
+        if violations:
+            raise policy.PolicyViolation(violations)
     except ConfigError as e:
         gen = int(meta.get("generation") or 1)
         if old_status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value) and (
-            old_status.get("reason") != "InvalidSpec"
+            old_status.get("reason") not in SPEC_VERDICTS
         ):
             # A finished experiment stays what it was: an edit the CRD accepts but the spec rejects
             # is reported (once per generation), never turned into a failure of the finished run.
@@ -930,9 +959,12 @@ def reconcile(
                 kube.patch_experiment_status(ns, name, {"observedGeneration": gen})
             return None
         status = invalid_spec_status(obj, str(e), now)
+        event_reason = "InvalidSpec"
+        if isinstance(e, policy.PolicyViolation):
+            status, event_reason = policy.as_violation(status), policy.REASON
         if status != old_status:
-            if old_status.get("reason") != "InvalidSpec":
-                _emit(kube, obj, EmitEvent("Warning", "InvalidSpec", str(e)), now)
+            if old_status.get("reason") != status.get("reason"):
+                _emit(kube, obj, EmitEvent("Warning", event_reason, str(e)), now)
             kube.patch_experiment_status(ns, name, status_patch(old_status, status))
         return None
     except StoreError as e:
@@ -949,7 +981,7 @@ def reconcile(
     # Jobs with our labels that another object owns: an earlier experiment of the same name whose
     # children the garbage collector has not removed yet. Never adopted, never trusted.
     foreign = {j["metadata"]["name"] for j in listed if not owned_by(j, uid)}
-    policy = RetryPolicy(
+    retry_policy = RetryPolicy(
         max_retries=spec.spec.resources.max_retries,
         backoff_base_s=backoff_base_s,
         restart_limit=spec.spec.resources.backoff_limit,
@@ -964,7 +996,7 @@ def reconcile(
         published,
         jobs,
         now,
-        policy=policy,
+        policy=retry_policy,
         metrics=metrics,
         job_state=job_renderer.state,
         exit_codes=exit_codes,

@@ -117,7 +117,7 @@ def test_an_api_error_on_create_is_shown_not_swallowed(tmp_path):
 def test_an_unreachable_store_is_said_in_the_status(tmp_path, monkeypatch):
     from coe_runtime.errors import StoreError
 
-    def unreachable(obj):
+    def unreachable(obj, *args, **kw):
         raise StoreError("s3://b/exp: endpoint unreachable")
 
     monkeypatch.setattr("coe_controller.reconcile.observe", unreachable)
