@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -140,6 +141,22 @@ def cmd_crd(args) -> int:
 
 
 # -- operator ------------------------------------------------------------------------------------------
+# The controller's store calls, unless the installation says otherwise: a hung S3 call must end well
+# inside the liveness window (3 x resync, at least 60 s): 3 attempts of at most 5 s + 10 s each.
+CONTROLLER_STORE_SETTINGS = {
+    "COE_S3_CONNECT_TIMEOUT_S": "5",
+    "COE_S3_READ_TIMEOUT_S": "10",
+    "AWS_MAX_ATTEMPTS": "3",
+}
+
+
+def controller_store_timeouts(environ=None) -> None:
+    """Short store timeouts for the controller's own process (pods keep the runtime's longer ones)."""
+    env = os.environ if environ is None else environ
+    for key, value in CONTROLLER_STORE_SETTINGS.items():
+        env.setdefault(key, value)
+
+
 def cmd_operator(args) -> int:
     from coe_controller.operator import Operator
 
@@ -149,6 +166,7 @@ def cmd_operator(args) -> int:
         stream=sys.stderr,
     )
     namespace = None if args.all_namespaces else (args.namespace or _namespace(args))
+    controller_store_timeouts()
     try:
         op = Operator(
             _kube(args, role="controller"),

@@ -112,3 +112,21 @@ def test_the_lease_is_renewed_while_a_pass_is_slow():
     controller.stop.set()
     renewer.join(5)
     assert kube.lease["spec"]["holderIdentity"] == "me"
+
+
+def test_the_controllers_store_calls_end_inside_the_liveness_window():
+    from coe_controller.cli_cluster import controller_store_timeouts
+
+    from coe_runtime.store.s3 import S3Settings
+
+    env: dict[str, str] = {}
+    controller_store_timeouts(env)
+    settings = S3Settings.from_env(env)
+    worst = int(env["AWS_MAX_ATTEMPTS"]) * (
+        float(env["COE_S3_CONNECT_TIMEOUT_S"]) + float(env["COE_S3_READ_TIMEOUT_S"])
+    )
+    assert worst < 60  # Health.stale_after_s is at least 60 s: a hung call no longer crash-loops the pod
+    assert settings is not None
+    kept = {"COE_S3_READ_TIMEOUT_S": "30"}
+    controller_store_timeouts(kept)
+    assert kept["COE_S3_READ_TIMEOUT_S"] == "30"  # an installation's own setting wins
