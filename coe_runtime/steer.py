@@ -20,12 +20,12 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from coe_runtime.answers import TAG_RE, parse_answer
+from coe_runtime.answers import SCORE_METHOD, TAG_RE, parse_answer
 from coe_runtime.data import Example, read_examples, write_examples
 from coe_runtime.errors import DataError
 from coe_runtime.labels import LabelSet, get_label_set
@@ -108,6 +108,70 @@ def selection_key(round_no: int, example_id: str) -> str:
     return hashlib.sha256(f"steer-r{round_no}:{example_id}".encode()).hexdigest()
 
 
+def split_rationale(text: str, label_set: LabelSet) -> str:
+    """The rationale of a free generation: the text before its first tag naming a known label
+    (generation stops there), or the whole text when it has none; whitespace-collapsed."""
+    names = {p.lower() for p in label_set.prompt_names}
+    for m in TAG_RE.finditer(text):
+        if m.group(1).strip().lower() in names:
+            return " ".join(text[: m.start()].split())
+    return " ".join(text.split())
+
+
+def direct_rationale(text: str, gold: str, answer: str | None, label_set: LabelSet, rule: str) -> str | None:
+    """The rationale an answer would store under acceptance rule ``rule``, None when not accepted.
+
+    ``tag``: the generation closes its rationale with the gold label's tag; ``anywhere``: the gold
+    label is found anywhere in the text (the reference's rule); ``scored``: ``answer`` (the label
+    scored after prompt + rationale) is gold. Every rule needs a non-empty rationale.
+    """
+    if rule == "tag":
+        found = extract_rationale(text, label_set)
+        return found[0] if found is not None and found[1] == gold else None
+    if rule == "anywhere":
+        ok = parse_answer(text, label_set).label == gold
+    elif rule == "scored":
+        ok = answer == gold
+    else:
+        raise ValueError(f"unknown acceptance rule {rule!r}; expected tag, anywhere or scored")
+    rationale = split_rationale(text, label_set)
+    return rationale if ok and rationale else None
+
+
+def select_gate(pool_examples: Sequence[Example], n: int, round_no: int) -> set[str]:
+    """The ids of the round's held-out gate slice: ``n`` pool examples (at most half the pool),
+    chosen by :func:`selection_key` (independent of pool order and ranks)."""
+    size = min(n, len(pool_examples) // 2)
+    ranked = sorted(pool_examples, key=lambda ex: selection_key(round_no, f"gate:{ex.id}"))
+    return {ex.id for ex in ranked[:size]}
+
+
+def gate_figures(golds: Sequence[str], with_rationale: Sequence[str | None], without: Sequence[str | None]):
+    """Accuracy on the gate slice with the model's rationale vs answering directly."""
+    n = len(golds)
+    right_with = sum(a == g for a, g in zip(with_rationale, golds, strict=True))
+    right_without = sum(a == g for a, g in zip(without, golds, strict=True))
+    return {
+        "n": n,
+        "with_rationale": right_with / n if n else None,
+        "without_rationale": right_without / n if n else None,
+        "correct_with": right_with,
+        "correct_without": right_without,
+    }
+
+
+def gate_warning(gate: Mapping[str, Any] | None) -> str | None:
+    """A warning when the round's rationales hurt: fewer right with them than without."""
+    if not gate or not gate.get("n") or gate["correct_with"] >= gate["correct_without"]:
+        return None
+    return (
+        f"rationales hurt: on {gate['n']} held-out pool examples the model was right "
+        f"{gate['correct_with']} times with its own rationale but {gate['correct_without']} times "
+        "answering directly; this round's memory teaches reasoning that does not help yet "
+        "(more seeds, more STEeR epochs or a larger model)"
+    )
+
+
 @dataclass
 class RoundResult:
     accepted: list[Example]  # new memory entries (hint-free prompts), in pool order
@@ -125,18 +189,29 @@ def accept(
     *,
     round_no: int = 1,
     hint_generations: Mapping[str, str] | None = None,
+    scored: Sequence[str | None] | None = None,
+    hint_checked: Mapping[str, str | None] | None = None,
+    gate_ids: Set[str] = frozenset(),
 ) -> RoundResult:
     """Decide which pool examples join the memory this round.
 
-    ``generations[i]`` is the text generated for ``pool_examples[i]``; ``hint_generations`` maps
-    example id -> text generated with the gold label as a hint (only used when
-    ``options.rationalization``). Accepted examples keep the hint-free prompt. With
-    ``options.max_accept_per_class`` > 0, each class keeps at most that many: direct answers
-    before rationalized ones, then by :func:`selection_key`; the rest stay in the pool.
+    ``generations[i]`` is the text generated for ``pool_examples[i]``; with ``options.answer_mode``
+    ``score``, ``scored[i]`` is the label scored after its prompt + rationale (the answer; without
+    it the label parsed from the text is). ``hint_generations`` maps example id -> text generated
+    with the gold label as a hint (only used when ``options.rationalization``); ``hint_checked``
+    maps id -> the label scored after the HINT-FREE prompt + that rationale: with
+    ``options.rationalization_check`` a rationale whose checked label is not gold is rejected.
+    Examples in ``gate_ids`` (the held-out gate slice) are never accepted. Accepted examples keep
+    the hint-free prompt. With ``options.max_accept_per_class`` > 0, each class keeps at most that
+    many: direct answers before rationalized ones, then by :func:`selection_key`; the rest stay in
+    the pool.
     """
     if len(generations) != len(pool_examples):
         raise ValueError(f"{len(generations)} generations for {len(pool_examples)} pool examples")
+    if options.answer_mode == "score" and (scored is None or len(scored) != len(pool_examples)):
+        raise ValueError("answer_mode 'score' needs one scored label per pool example")
     hint_generations = hint_generations or {}
+    hint_checked = hint_checked or {}
     per_class = {
         lab: {"pool": 0, "correct": 0, "accepted": 0, "rationalized": 0, "capped": 0}
         for lab in label_set.labels
@@ -147,7 +222,11 @@ def accept(
         gold = gold_label(ex, label_set)
         per_class[gold]["pool"] += 1
         parsed = parse_answer(text, label_set)
-        correct = parsed.label == gold
+        if options.answer_mode == "score":
+            answer, answer_method = scored[i], SCORE_METHOD  # type: ignore[index]
+        else:
+            answer, answer_method = parsed.label, parsed.method
+        correct = answer == gold
         per_class[gold]["correct"] += correct
         rec: dict[str, Any] = {
             "id": ex.id,
@@ -156,25 +235,37 @@ def accept(
             "text": text,
             "parsed": parsed.label,
             "method": parsed.method,
+            "answer": answer,
+            "answer_method": answer_method,
             "correct": correct,
             "accepted": False,
             "via": None,
         }
-        found = extract_rationale(text, label_set) if correct else None
-        if found is not None and found[1] == gold:
-            candidates.append((0, i, ex, memory_target(found[0], gold, label_set)))
+        records.append(rec)
+        if ex.id in gate_ids:
+            rec["gate"] = True
+            continue
+        rationale = direct_rationale(text, gold, answer, label_set, options.accept)
+        if rationale is not None:
+            candidates.append((0, i, ex, memory_target(rationale, gold, label_set)))
             rec["via"] = "direct"
         elif options.rationalization and ex.id in hint_generations:
             hint_text = hint_generations[ex.id]
             hint_parsed = parse_answer(hint_text, label_set)
             rec.update(hint_text=hint_text, hint_parsed=hint_parsed.label, hint_method=hint_parsed.method)
-            found = extract_rationale(hint_text, label_set)
+            # With the hint the scored label is the hint's: the scored rule asks only for a rationale
+            # here, and the check (without the hint) decides.
+            found = direct_rationale(hint_text, gold, gold, label_set, options.accept)
             # A rationale that leans on the hint ("the hint says ...") would teach the model to
             # expect one: memory stores the hint-free prompt, so such a rationale is rejected.
-            if found is not None and found[1] == gold and not HINT_LEAK_RE.search(found[0]):
-                candidates.append((1, i, ex, memory_target(found[0], gold, label_set)))
-                rec["via"] = "rationalized"
-        records.append(rec)
+            if found is not None and not HINT_LEAK_RE.search(found):
+                if ex.id in hint_checked:
+                    rec["hint_check"] = hint_checked[ex.id]
+                if options.rationalization_check and ex.id in hint_checked and hint_checked[ex.id] != gold:
+                    rec["check_rejected"] = True
+                else:
+                    candidates.append((1, i, ex, memory_target(found, gold, label_set)))
+                    rec["via"] = "rationalized"
 
     chosen: dict[int, str] = {}
     taken: Counter[str] = Counter()
@@ -207,11 +298,13 @@ def accept(
     counts = {
         "pool_size": len(pool_examples),
         "correct": sum(r["correct"] for r in records),
-        "correct_untagged": sum(r["correct"] and r["via"] != "direct" for r in records),
+        "correct_untagged": sum(r["correct"] and r["via"] != "direct" and not r.get("gate") for r in records),
         "accepted": len(accepted),
         "rationalized": sum(r["via"] == "rationalized" for r in records if r["accepted"]),
         "capped": sum(bool(r.get("capped")) for r in records),
         "hint_attempts": sum("hint_text" in r for r in records),
+        "check_rejected": sum(bool(r.get("check_rejected")) for r in records),
+        "gate_held_out": sum(bool(r.get("gate")) for r in records),
     }
     return RoundResult(accepted, remaining, records, per_class, counts)
 
@@ -246,11 +339,18 @@ def cut_at_limit(
     )
 
 
-def needs_hint(example: Example, text: str, label_set: LabelSet) -> bool:
-    """Whether an example goes to rationalization: its own answer would not be accepted."""
+def needs_hint(
+    example: Example,
+    text: str,
+    label_set: LabelSet,
+    options: SteerOptions | None = None,
+    answer: str | None = None,
+) -> bool:
+    """Whether an example goes to rationalization: its own answer would not be accepted (under
+    ``options.accept``; the ``tag`` rule when no options are given)."""
     gold = example.meta["label"]
-    found = extract_rationale(text, label_set)
-    return not (parse_answer(text, label_set).label == gold and found is not None and found[1] == gold)
+    rule = options.accept if options is not None else "tag"
+    return direct_rationale(text, gold, answer, label_set, rule) is None
 
 
 def stopping_rule(
@@ -275,6 +375,7 @@ def round_report(
     tokens_generated: int = 0,
     seconds: float = 0.0,
     cut_count: int = 0,
+    gate: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The figures saved as ``round-N.json``."""
     n = result.counts["pool_size"]
@@ -289,6 +390,10 @@ def round_report(
         "correct_untagged": result.counts["correct_untagged"],
         "rationalized": result.counts["rationalized"],
         "hint_attempts": result.counts["hint_attempts"],
+        "check_rejected": result.counts.get("check_rejected", 0),
+        "answer_mode": options.answer_mode,
+        "accept_rule": options.accept,
+        "gate": dict(gate) if gate else None,
         "capped": result.counts["capped"],
         "cut_at_limit": cut_count,
         "per_class": result.per_class,
@@ -313,6 +418,8 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
         "accepted",
         "acc. on pool",
         "rationalized",
+        "rej.",
+        "gate w/wo",
         "capped",
         "cut",
         "memory",
@@ -329,6 +436,8 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
             str(r["accepted"]),
             f"{100 * r['accuracy']:.1f}%",
             str(r["rationalized"]),
+            str(r.get("check_rejected", "-")),
+            _gate_cell(r.get("gate")),
             str(r["capped"]),
             str(r.get("cut_at_limit", "-")),
             str(r["memory_size"]),
@@ -337,6 +446,13 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
             nxt,
         )
     return table
+
+
+def _gate_cell(gate: Mapping[str, Any] | None) -> str:
+    if not gate or not gate.get("n"):
+        return "-"
+    cell = f"{gate['correct_with']}/{gate['correct_without']} of {gate['n']}"
+    return cell + (" (hurt)" if gate["correct_with"] < gate["correct_without"] else "")
 
 
 def per_class_table(report: Mapping[str, Any]):
@@ -378,6 +494,28 @@ def _generate(
     if len(outputs) != len(prompts):
         raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(prompts)} prompts")
     return [o.text for o in outputs], [int(o.n_new_tokens) for o in outputs]
+
+
+def score_labels(
+    generator: Any, items: Sequence[tuple[str, str]], label_set: LabelSet, batch_size: int
+) -> list[str]:
+    """The label scored for each ``(prompt, rationale)``: the highest log-likelihood label tag
+    after the prompt and the rationale, as memory targets write it (``<rationale> <joyful>``); an
+    empty rationale scores the tag right after the prompt (a direct answer)."""
+    from coe_runtime.prompts import answer_texts
+
+    tags = answer_texts(label_set, "tag")
+    labels: list[str | None] = [None] * len(items)
+    for with_rationale in (True, False):
+        idx = [i for i, (_p, r) in enumerate(items) if bool(r) == with_rationale]
+        if not idx:
+            continue
+        prompts = [items[i][0] + items[i][1] if with_rationale else items[i][0] for i in idx]
+        answers = [f" {t}" for t in tags] if with_rationale else tags
+        outs = generator.score(prompts, answers, batch_size)
+        for i, out in zip(idx, outs, strict=True):
+            labels[i] = label_set.labels[out.best]
+    return labels  # type: ignore[return-value]
 
 
 def round_settings(step: SteerRoundStep) -> GenerationSettings:
@@ -457,11 +595,41 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     texts, new_tokens = _generate(generator, [ex.prompt for ex in pool], settings, step.name)
     tokens = sum(new_tokens)
     cut = cut_at_limit(texts, new_tokens, settings.max_new_tokens, label_set)
+    opts = step.steer
+    batch = settings.batch_size
+    rationales = [split_rationale(text, label_set) for text in texts]
+    scored: list[str | None] | None = None
+    if opts.answer_mode == "score":
+        # Phase two: every generation gets a label, scored after prompt + its rationale.
+        scored = list(
+            score_labels(
+                generator, [(ex.prompt, r) for ex, r in zip(pool, rationales, strict=True)], label_set, batch
+            )
+        )
+    gate_ids = select_gate(pool, opts.gate_examples, n)
+    gate: dict[str, Any] | None = None
+    if gate_ids:
+        at = [i for i, ex in enumerate(pool) if ex.id in gate_ids]
+        with_r = (
+            [scored[i] for i in at]
+            if scored is not None
+            else score_labels(generator, [(pool[i].prompt, rationales[i]) for i in at], label_set, batch)
+        )
+        without = score_labels(generator, [(pool[i].prompt, "") for i in at], label_set, batch)
+        gate = gate_figures([pool[i].meta["label"] for i in at], with_r, without)
+        if warning := gate_warning(gate):
+            warnings.append(warning)
+            report(step=step.name, phase="steer", message=f"warning: {warning}")
     hint_texts: dict[str, str] = {}
-    if step.steer.rationalization:
+    hint_checked: dict[str, str | None] = {}
+    if opts.rationalization:
         # Every rank holds every output (the generator gathers them), so every rank picks the
         # same examples to retry and the hinted generation stays a collective call.
-        retry = [ex for ex, text in zip(pool, texts, strict=True) if needs_hint(ex, text, label_set)]
+        retry = [
+            ex
+            for i, (ex, text) in enumerate(zip(pool, texts, strict=True))
+            if ex.id not in gate_ids and needs_hint(ex, text, label_set, opts, scored[i] if scored else None)
+        ]
         report(step=step.name, phase="steer", message=f"round {n}: rationalizing {len(retry)} examples")
         hinted, hint_tokens = _generate(
             generator,
@@ -471,10 +639,27 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         )
         tokens += sum(hint_tokens)
         hint_texts = {ex.id: text for ex, text in zip(retry, hinted, strict=True)}
+        if opts.rationalization_check:
+            # The check: does the rationale alone (the hint-free prompt, as memory stores it) lead
+            # the model to the gold label?
+            check = [(ex, split_rationale(text, label_set)) for ex, text in zip(retry, hinted, strict=True)]
+            check = [(ex, r) for ex, r in check if r]
+            labels = score_labels(generator, [(ex.prompt, r) for ex, r in check], label_set, batch)
+            hint_checked = {ex.id: lab for (ex, _r), lab in zip(check, labels, strict=True)}
 
-    result = accept(pool, texts, label_set, step.steer, round_no=n, hint_generations=hint_texts)
+    result = accept(
+        pool,
+        texts,
+        label_set,
+        opts,
+        round_no=n,
+        hint_generations=hint_texts,
+        scored=scored,
+        hint_checked=hint_checked,
+        gate_ids=gate_ids,
+    )
     summary = round_report(
-        n, result, len(memory), step.steer, label_set, tokens, time.monotonic() - started, cut_count=cut
+        n, result, len(memory), opts, label_set, tokens, time.monotonic() - started, cut_count=cut, gate=gate
     )
     summary["step"] = step.name
     summary["warnings"] = warnings

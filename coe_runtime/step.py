@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coe_runtime.errors import ConfigError
 
@@ -111,12 +111,33 @@ class DatasetSource(_Model):
 class SteerOptions(_Model):
     rounds: int = Field(3, ge=1)
     restart_from_base: bool = False  # STaR restarts each round from the base model
-    rationalization: bool = False  # retry wrong answers with the gold label as a hint
+    rationalization: bool = True  # retry wrong answers with the gold label as a hint
+    # Keep a rationalized rationale only when, WITHOUT the hint, it leads the model to the gold
+    # label (the label scored after the hint-free prompt + rationale).
+    rationalization_check: bool = True
     max_accept_per_class: int = Field(0, ge=0)  # per round; 0 = no cap
     min_accepted: int = Field(0, ge=0)  # stop when a round accepts fewer than this
     seed_file: str | None = None  # user's seeds (JSONL {uid, rationale, label}); None = bundled
     max_pool: int = Field(0, ge=0)  # cap the pool (CPU budgets); 0 = whole training set
     rationale_max_new_tokens: int = Field(96, ge=8)
+    # generate: the label is parsed from the generated text; score: a free rationale, then the label
+    # with the highest log-likelihood after prompt + rationale (every answer has a label).
+    answer_mode: Literal["generate", "score"] = "score"
+    # Which answers join memory: tag (the generation closes with the gold label tag), anywhere (the
+    # gold label anywhere in it, the reference's rule), scored (the scored label is gold).
+    accept: Literal["tag", "anywhere", "scored"] = "scored"
+    # Held-out pool examples per round (never accepted that round): accuracy with vs without the
+    # rationale; at most half the pool; 0 = no gate.
+    gate_examples: int = Field(32, ge=0)
+
+    @model_validator(mode="after")
+    def _scored_needs_score(self) -> SteerOptions:
+        if self.accept == "scored" and self.answer_mode != "score":
+            raise ValueError(
+                "steer.accept 'scored' needs steer.answerMode 'score'; "
+                "with 'generate' set steer.accept to tag or anywhere"
+            )
+        return self
 
 
 # Bumped whenever a step kind's meaning changes in a way its fields do not show (a new output file,

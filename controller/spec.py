@@ -235,11 +235,27 @@ _describe(
         "rounds": "Most STEeR rounds; a round that accepts too little ends the loop early.",
         "restart_from_base": "STaR-style: every round trains afresh from the adapter STEeR started from.",
         "rationalization": "Retry wrong answers with the gold label as a hint (the hint-free prompt is stored).",
+        "rationalization_check": (
+            "Keep a rationalized rationale only when, without the hint, it leads the model to the gold "
+            "label (the label scored after the hint-free prompt + rationale)."
+        ),
         "max_accept_per_class": "Cap on accepted rationales per label per round; 0 = no cap.",
         "min_accepted": "Stop when a round accepts fewer than this many.",
         "seed_file": "Your seed rationales (JSONL {uid, rationale, label}); unset = the bundled seeds.",
         "max_pool": "Cap the pool of unsolved examples (CPU budgets); 0 = the whole training set.",
         "rationale_max_new_tokens": "Most tokens per generated rationale.",
+        "answer_mode": (
+            "score: a free rationale, then the label with the highest log-likelihood after prompt + "
+            "rationale (every answer has a label); generate: the label parsed from the generated text."
+        ),
+        "accept": (
+            "Which answers join memory: scored (the scored label is gold; needs answerMode score), tag "
+            "(the rationale closes with the gold label tag), anywhere (gold label anywhere in it, the reference's rule)."
+        ),
+        "gate_examples": (
+            "Held-out pool examples per round (at most half the pool, never accepted that round): accuracy "
+            "with vs without the model's rationale, a warning when rationales hurt; 0 = no gate."
+        ),
     },
 )
 

@@ -158,6 +158,14 @@ def result_line(step: PlannedStep, result: dict[str, Any]) -> str | None:
     """A one-line result of a published step for tables."""
     if step.kind == "steer_round":
         parts = [f"{k}={result[k]}" for k in ("accepted", "memory_size", "pool_size") if k in result]
+        gate = result.get("gate")
+        if isinstance(gate, dict) and gate.get("n"):
+            # Accuracy on the round's held-out slice with its rationale / answering directly.
+            parts.append(
+                f"gate {100 * gate['with_rationale']:.0f}%/{100 * gate['without_rationale']:.0f}% of {gate['n']}"
+            )
+            if gate.get("correct_with", 0) < gate.get("correct_without", 0):
+                parts.append("(rationales hurt)")
         if "continue" in result:
             parts.append("continue" if result["continue"] else f"stop ({result.get('stop_reason', '')})")
         return " ".join(parts) or None

@@ -74,7 +74,15 @@ def make_step(inputs: Path, output: str) -> SteerRoundStep:
         pool=pool,
         adapter="file:///unused",
         label_set=LabelSetRef(name="emorynlp"),
-        steer=SteerOptions(rationalization=True, max_accept_per_class=2),
+        # The generate/tag rule: the scripted model only generates (score decoding is not scripted).
+        steer=SteerOptions(
+            rationalization=True,
+            max_accept_per_class=2,
+            answer_mode="generate",
+            accept="tag",
+            gate_examples=0,
+            rationalization_check=False,
+        ),
     )
 
 

@@ -23,6 +23,10 @@ from coe_runtime.steer import (
 from coe_runtime.step import SteerOptions
 
 
+def TagOptions(**kw) -> SteerOptions:  # noqa: N802 - the old rule: a generated answer closing with its tag
+    return SteerOptions(**{"answer_mode": "generate", "accept": "tag", **kw})
+
+
 def pool_example(i: int, label: str, label_set=MELD) -> Example:
     prompt = f"Conversation {i} ...\nWhy does the speaker feel this way?\n{ANSWER_HEADER}"
     return Example(
@@ -43,7 +47,7 @@ def test_correct_tagged_answers_join_memory_and_leave_the_pool():
         "sadness",  # right label word but no rationale/tag: counted correct, not stored
         "The dark room frightens him. <fear> more text <fear>",  # right; text after the tag dropped
     ]
-    result = accept(pool, texts, MELD, SteerOptions())
+    result = accept(pool, texts, MELD, TagOptions())
     assert [ex.id for ex in result.accepted] == ["steer:u0", "steer:u3"]
     assert [ex.id for ex in result.remaining] == ["steer:u1", "steer:u2"]
     assert result.accepted[0].target == "She laughs with her friends. <joy>"
@@ -57,7 +61,7 @@ def test_correct_tagged_answers_join_memory_and_leave_the_pool():
 def test_prompt_names_are_what_the_tag_uses():
     coe = get_label_set("meld", "coe")  # joy is spelled "joyful" in prompts
     pool = [pool_example(0, "joy", coe)]
-    result = accept(pool, ["They cheer. <joyful>"], coe, SteerOptions())
+    result = accept(pool, ["They cheer. <joyful>"], coe, TagOptions())
     assert result.accepted[0].target.endswith("<joyful>")
     assert result.accepted[0].meta["label"] == "joy"
 
@@ -78,13 +82,13 @@ def test_emorynlp_rationales_parse_against_emorynlp_labels_not_melds():
         pool_example(2, "Joyful", EMORYNLP),
     ]
     texts = ["He shouts at them. <mad>", "He shouts at them. <anger>", "She is delighted. <joy>"]
-    result = accept(pool, texts, EMORYNLP, SteerOptions())
+    result = accept(pool, texts, EMORYNLP, TagOptions())
     assert [ex.id for ex in result.accepted] == ["steer:u0"]
     assert result.accepted[0].target == "He shouts at them. <mad>"
     assert result.records[0]["parsed"] == "Mad"  # the dataset's own spelling
     # A pool of EmoryNLP examples judged with MELD's labels is a clear error, not silent garbage.
     with pytest.raises(DataError, match="not in label set 'meld'"):
-        accept(pool, texts, MELD, SteerOptions())
+        accept(pool, texts, MELD, TagOptions())
 
 
 def test_generations_record_how_each_answer_was_parsed_and_only_prompt_name_tags_are_stored():
@@ -95,7 +99,7 @@ def test_generations_record_how_each_answer_was_parsed_and_only_prompt_name_tags
         "He is angry at Joey.",
         "Joey is talking to Ross about it.",  # a sentence: never edit-distance matched
     ]
-    result = accept(pool, texts, EMORYNLP, SteerOptions())
+    result = accept(pool, texts, EMORYNLP, TagOptions())
     assert [(r["parsed"], r["method"]) for r in result.records] == [
         ("Mad", "tag"),
         ("Mad", "tag"),
@@ -113,8 +117,8 @@ def test_rationalization_accepts_hinted_answers_but_stores_the_hint_free_prompt(
     assert [ex.id for ex in retry] == ["steer:u0", "steer:u1"]
     hinted = {"steer:u0": "He slams the door after the insult. <anger>", "steer:u1": "Still calm. <neutral>"}
 
-    off = accept(pool, texts, MELD, SteerOptions(rationalization=False), hint_generations=hinted)
-    on = accept(pool, texts, MELD, SteerOptions(rationalization=True), hint_generations=hinted)
+    off = accept(pool, texts, MELD, TagOptions(rationalization=False), hint_generations=hinted)
+    on = accept(pool, texts, MELD, TagOptions(rationalization=True), hint_generations=hinted)
     assert [ex.id for ex in off.accepted] == ["steer:u2"]
     assert [ex.id for ex in on.accepted] == ["steer:u0", "steer:u2"]
     rationalized = on.accepted[0]
@@ -133,7 +137,7 @@ def test_rationalized_answers_that_lean_on_the_hint_are_rejected():
         "steer:u0": "As the hint says, the correct emotion is anger. <anger>",
         "steer:u1": "He was mocked in front of his boss. <anger>",
     }
-    result = accept(pool, texts, MELD, SteerOptions(rationalization=True), hint_generations=hinted)
+    result = accept(pool, texts, MELD, TagOptions(rationalization=True), hint_generations=hinted)
     assert [ex.id for ex in result.accepted] == ["steer:u1"]
 
 
@@ -146,8 +150,8 @@ def test_hint_prompt_puts_the_gold_label_before_the_answer_header():
 def test_per_class_cap_limits_each_class_deterministically():
     pool = [pool_example(i, "neutral") for i in range(6)] + [pool_example(10 + i, "joy") for i in range(2)]
     texts = ["It is a plain remark. <neutral>"] * 6 + ["They laugh. <joy>"] * 2
-    capped = accept(pool, texts, MELD, SteerOptions(max_accept_per_class=2), round_no=3)
-    uncapped = accept(pool, texts, MELD, SteerOptions(), round_no=3)
+    capped = accept(pool, texts, MELD, TagOptions(max_accept_per_class=2), round_no=3)
+    uncapped = accept(pool, texts, MELD, TagOptions(), round_no=3)
     assert len(uncapped.accepted) == 8
     assert sum(ex.meta["label"] == "neutral" for ex in capped.accepted) == 2
     assert sum(ex.meta["label"] == "joy" for ex in capped.accepted) == 2
@@ -160,7 +164,7 @@ def test_per_class_cap_limits_each_class_deterministically():
         [pool[i] for i in order],
         [texts[i] for i in order],
         MELD,
-        SteerOptions(max_accept_per_class=2),
+        TagOptions(max_accept_per_class=2),
         round_no=3,
     )
     assert {ex.id for ex in shuffled.accepted} == {ex.id for ex in capped.accepted}
@@ -171,13 +175,13 @@ def test_cap_prefers_direct_answers_over_rationalized_ones():
     texts = ["Calm. <neutral>", "He yells. <anger>"]
     hinted = {"steer:u0": "Insulted, he snaps. <anger>"}
     result = accept(
-        pool, texts, MELD, SteerOptions(rationalization=True, max_accept_per_class=1), hint_generations=hinted
+        pool, texts, MELD, TagOptions(rationalization=True, max_accept_per_class=1), hint_generations=hinted
     )
     assert [ex.id for ex in result.accepted] == ["steer:u1"]
 
 
 def test_stopping_rule():
-    opts = SteerOptions(rounds=3, min_accepted=2)
+    opts = TagOptions(rounds=3, min_accepted=2)
     assert stopping_rule(1, pool_left=5, accepted=3, options=opts) == (True, None)
     assert stopping_rule(1, pool_left=0, accepted=3, options=opts) == (False, STOP_POOL_EMPTY)
     assert stopping_rule(1, pool_left=5, accepted=1, options=opts) == (False, STOP_FEW_ACCEPTED)
@@ -186,4 +190,4 @@ def test_stopping_rule():
 
 def test_generations_must_match_the_pool():
     with pytest.raises(ValueError, match="1 generations for 2 pool examples"):
-        accept([pool_example(0, "joy"), pool_example(1, "joy")], ["x <joy>"], MELD, SteerOptions())
+        accept([pool_example(0, "joy"), pool_example(1, "joy")], ["x <joy>"], MELD, TagOptions())

@@ -69,7 +69,14 @@ def round_inputs(tmp_path):
         pool=f"file://{tmp_path}/in/pool-r0.jsonl",
         adapter=f"file://{tmp_path}/store/exp/steer-r1-train/adapter",
         label_set=LabelSetRef(name="meld"),
-        steer=SteerOptions(rounds=3, rationalization=True),
+        steer=SteerOptions(
+            rounds=3,
+            rationalization=True,
+            answer_mode="generate",
+            accept="tag",
+            gate_examples=0,
+            rationalization_check=False,
+        ),
     )
     script = {
         "p0": "They laugh together. <joy>",
