@@ -333,9 +333,14 @@ class Operator:
         delay = 1.0
         while not self.stop.is_set():
             try:
-                selector = f"app.kubernetes.io/managed-by={render.MANAGED_BY}" if what == "jobs" else None
+                kind, _, job_api = what.partition(":")  # "jobs:<job API>" or "experiments"
+                selector = f"app.kubernetes.io/managed-by={render.MANAGED_BY}" if kind == "jobs" else None
                 for event in self.kube.watch(
-                    what, self.namespace, timeout_s=int(self.resync_s) or 30, label_selector=selector
+                    kind,
+                    self.namespace,
+                    timeout_s=int(self.resync_s) or 30,
+                    label_selector=selector,
+                    api=render.renderer(job_api) if job_api else None,
                 ):
                     self.mark_dirty(event)  # whatever its type: look at the experiment it names again
                     delay = 1.0
@@ -404,7 +409,12 @@ class Operator:
     def run(self, health_port: int | None = None) -> None:
         previous = self._install_signal_handlers()
         server = self.health.serve(health_port) if health_port else None
-        for what in ("experiments", "jobs"):
+        # one job watch per job API this installation uses (chart value jobApis -> COE_JOB_APIS); a watch
+        # of an API whose CRD is not installed would only fail and back off
+        job_apis = [
+            k for k in os.environ.get("COE_JOB_APIS", "PyTorchJob").split(",") if k in render.RENDERERS
+        ]
+        for what in ["experiments", *(f"jobs:{k}" for k in job_apis or ["PyTorchJob"])]:
             threading.Thread(target=self._watch, args=(what,), name=f"watch-{what}", daemon=True).start()
         if self.elector is not None:
             self.elector.ensure(time.time())

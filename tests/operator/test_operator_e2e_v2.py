@@ -76,7 +76,7 @@ def validate_all(api) -> None:
         check_trainjob(job, schema)
 
 
-def drive(api, harnesses, names, timeout: float = 180) -> None:
+def drive(api, harnesses, names, timeout: float = 360) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if all(phase(api, n) in ("Succeeded", "Failed") for n in names):

@@ -241,3 +241,22 @@ def test_each_job_api_brings_its_own_api_rule_and_the_retry_keeps_the_frozen_pod
     labels = _patched_pod(again)["metadata"]["labels"]
     assert (labels[render.LABEL_ATTEMPT], labels[render.LABEL_JOB]) == ("2", "exp-x-a2")
     assert again["spec"]["trainer"] == first["spec"]["trainer"]
+
+
+def test_the_coe_torch_runtime_validates_against_the_real_clustertrainingruntime_crd():
+    doc = yaml.safe_load(
+        need_shared(
+            SHARED / "k8s" / "trainer-v2" / "trainer.kubeflow.org_clustertrainingruntimes.yaml"
+        ).read_text()
+    )
+    schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    runtime = yaml.safe_load((REPO / "manifests" / "trainer-v2" / "coe-torch.yaml").read_text())
+    jsonschema.Draft4Validator(crd.to_jsonschema(schema)).validate(runtime)
+    assert unknown_fields(runtime, schema) == []
+    (rjob,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == render.TRAINJOB_REPLICATED_JOB
+    job = rjob["template"]["spec"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it; pods stay
+    (fail, _ignore) = job["podFailurePolicy"]["rules"]
+    assert fail["onExitCodes"]["values"] == list(range(1, 128))  # the permanent codes (coe_runtime.errors)
+    assert fail["onExitCodes"]["containerName"] == render.TRAINJOB_CONTAINER

@@ -31,6 +31,8 @@ CHART = REPO / "charts" / "coe-controller"
 MANIFESTS = REPO / "manifests"
 CRD_DIR = MANIFESTS / "crd"
 RULES_FILE = CHART / "files" / "controller-rules.yaml"
+# The rules of each job API (coe_controller.render.RENDERERS): the chart adds those its jobApis value names.
+JOB_API_RULES_FILE = CHART / "files" / "job-api-rules.yaml"
 
 # The plain manifests are the chart rendered for this release name and namespace.
 PLAIN_RELEASE = "coe-controller"
@@ -109,7 +111,14 @@ def dump(obj) -> str:
 def rules_file_text() -> str:
     from coe_controller import rbac
 
-    return GENERATED_HEADER.format(source="coe_controller.rbac.rules()") + dump(rbac.rules())
+    return GENERATED_HEADER.format(source="coe_controller.rbac.base_rules()") + dump(rbac.base_rules())
+
+
+def job_api_rules_file_text() -> str:
+    from coe_controller import rbac, render
+
+    rules = {kind: rbac.job_rules(r.group, r.plural) for kind, r in render.RENDERERS.items()}
+    return GENERATED_HEADER.format(source="coe_controller.rbac.job_rules() of each renderer") + dump(rules)
 
 
 def _strip_helm_labels(obj: dict) -> dict:
@@ -142,7 +151,7 @@ def crd_sources() -> list[Path]:
 
 def expected_files() -> dict[Path, str]:
     """Every derived file and the text it must have. The rules file comes first: the chart reads it."""
-    expected: dict[Path, str] = {RULES_FILE: rules_file_text()}
+    expected: dict[Path, str] = {RULES_FILE: rules_file_text(), JOB_API_RULES_FILE: job_api_rules_file_text()}
     for src in crd_sources():
         expected[CHART / "crds" / src.name] = src.read_text()
     return expected

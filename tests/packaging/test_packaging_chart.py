@@ -174,7 +174,8 @@ def test_rbac_is_exactly_the_controllers_declared_rules(default_text, all_option
     assert ps.rule_grants(namespaced["Role"]["rules"]) == declared
     cluster = _rbac_objects(all_options_text)
     assert set(cluster) == {"ClusterRole", "ClusterRoleBinding"}
-    assert ps.rule_grants(cluster["ClusterRole"]["rules"]) == declared
+    both = ps.rule_grants(rbac.rules([(r.group, r.plural) for r in _renderers().values()]))
+    assert ps.rule_grants(cluster["ClusterRole"]["rules"]) == both  # all-options: jobApis both
     for binding, role in (
         (namespaced["RoleBinding"], "Role"),
         (cluster["ClusterRoleBinding"], "ClusterRole"),
@@ -183,6 +184,28 @@ def test_rbac_is_exactly_the_controllers_declared_rules(default_text, all_option
         (subject,) = binding["subjects"]
         assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "ml"
     assert cluster["ClusterRoleBinding"]["subjects"][0]["name"] == "coe-controller-sa"
+
+
+def _renderers() -> dict:
+    from coe_controller import render
+
+    return render.RENDERERS
+
+
+@pytest.mark.parametrize("job_apis", [["TrainJob"], ["PyTorchJob"], ["TrainJob", "PyTorchJob"]])
+def test_the_role_grants_only_the_chosen_job_apis_and_the_controller_watches_those(helm, job_apis):
+    from coe_controller import rbac
+
+    setting = "jobApis={" + ",".join(job_apis) + "}"
+    text = helm_template(release="coe", namespace="ml", set_values=(setting,))
+    role = _rbac_objects(text)["Role"]
+    chosen = [(_renderers()[k].group, _renderers()[k].plural) for k in job_apis]
+    assert ps.rule_grants(role["rules"]) == ps.rule_grants(rbac.rules(chosen))
+    for kind, r in _renderers().items():
+        granted = any(r.plural in rule["resources"] for rule in role["rules"])
+        assert granted == (kind in job_apis), kind
+    env = {e["name"]: e.get("value") for e in _container(text)["env"]}
+    assert env["COE_JOB_APIS"] == ",".join(job_apis)
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(helm):
@@ -200,6 +223,7 @@ def test_rbac_can_be_left_to_the_cluster_admin(helm):
         ("s3.existingSecret=Not_A_Name", "existingSecret"),
         ("s3.create=true", "accessKeyId"),
         ("policy.allowedImages=notalist", "allowedImages"),
+        ("jobApis={MPIJob}", "jobApis"),
     ],
 )
 def test_values_schema_rejects_bad_values_by_name(helm, setting, expected):
