@@ -215,7 +215,10 @@ class OracleGenerator:
 
 def test_training_reads_the_grown_memory(tmp_path):
     """Reference bug 1: the grown memory was never given to the data loader (seeds only)."""
-    spec = spec_for(f"file://{tmp_path}/store")
+    # The oracle only generates (no score decoding, no hinted prompts): the generate/tag rule.
+    spec = spec_for(
+        f"file://{tmp_path}/store", answerMode="generate", accept="tag", gateExamples=0, rationalization=False
+    )
     steps = run_steer_part(spec, generator_for=OracleGenerator)
     sizes = check_rounds(Path(tmp_path) / "store" / "steer-loop", steps)
     assert sizes[1] > sizes[0] and sizes[2] > sizes[1], sizes  # the memory really grew between trainings
