@@ -3,7 +3,7 @@
 Format: JSON Lines, one seed per line::
 
     {"uid": "<utterance id of a training utterance>", "label": "<dataset's own label>",
-     "rationale": "<one or two sentences citing the clues, WITHOUT the trailing label tag>"}
+     "rationale": "<one or two short sentences citing only what the prompt shows, WITHOUT the trailing label tag>"}
 
 Seeds are keyed by utterance id, never by text: prompts are rebuilt from the user's own copy of
 the data, so no dataset text is stored with the seeds. When the STEeR memory is built the label

@@ -7,10 +7,14 @@ accepts the rationales whose label is right: memory grows, the pool shrinks.
 The decision is the pure function :func:`accept` (tested without a model); :func:`run_steer_round`
 is the thin I/O layer around it: fetch inputs, generate, accept, publish (manifest last).
 
-Acceptance rule, stricter than "the parsed label is right": the generation must *end its
-rationale in a label tag* (``... <joyful>``) naming the gold label, with a non-empty rationale
-before it. A right label found only by the word/edit-distance fallback counts toward the pool
-accuracy but is not stored: memory entries must keep the seed format the next round trains on.
+Answers are two-phase by default (``answer_mode: score``): a free rationale, then the label with
+the highest log-likelihood after prompt + rationale, so every generation has a label. Acceptance
+(``accept``): ``scored`` (that label is gold), ``tag`` (the generation closes its rationale in the
+gold label tag, ``... <joyful>``) or ``anywhere`` (the gold label anywhere in the text, the
+reference's rule); a non-empty rationale always, stored in the seed format ``<rationale> <label>``.
+Rationalized rationales (gold hint) are kept only when the rationale alone, after the hint-free
+prompt, scores the gold label. Each round also measures a held-out gate slice of the pool with vs
+without the rationale and warns when rationales hurt.
 """
 
 from __future__ import annotations
