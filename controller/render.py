@@ -1,9 +1,11 @@
 """Planned step -> Kubernetes objects. Pure functions: no API calls, no clock, no randomness.
 
 One small interface, :class:`JobRenderer`, hides which training-job kind runs a step: it renders the
-objects of one step attempt and reads a job's state back. :class:`PyTorchJobRenderer` (Kubeflow
-Training Operator v1, ``kubeflow.org/v1``) is the one we ship; a Trainer-v2 ``TrainJob`` renderer
-would implement the same two methods.
+objects of one step attempt and reads a job's state back, and names its API (group, version, plural:
+what kube.py calls and rbac.py grants), the container whose exit code counts and the selector of one job's
+pods. :class:`PyTorchJobRenderer` (Kubeflow Training Operator v1, ``kubeflow.org/v1``, the default) and
+:class:`TrainJobRenderer` (Kubeflow Trainer v2, ``trainer.kubeflow.org/v1alpha1``) are the two; an
+experiment picks one with ``spec.resources.jobApi`` (:data:`RENDERERS`).
 
 Every step attempt becomes:
 

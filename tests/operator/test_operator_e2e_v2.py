@@ -59,7 +59,9 @@ def cluster(api, tmp_path):
     )
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", NS)
     harnesses = {k: harness_for(k, api, tmp_path) for k in PLURAL}
-    controller = ControllerProcess(kubeconfig, NS, log=tmp_path / "controller.log")
+    # both job APIs watched, as the chart sets it for jobApis: [PyTorchJob, TrainJob]
+    env = {"COE_JOB_APIS": "PyTorchJob,TrainJob"}
+    controller = ControllerProcess(kubeconfig, NS, env=env, log=tmp_path / "controller.log")
     yield api, harnesses, controller, tmp_path
     controller.kill()
     for h in harnesses.values():
