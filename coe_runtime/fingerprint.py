@@ -15,8 +15,10 @@ Pure functions; no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from importlib import resources
 from typing import Any
 
 from coe_runtime.step import STEP_SCHEMA_VERSION
@@ -41,12 +43,41 @@ def _relative(value: Any, prefix: str) -> Any:
     return value
 
 
+# Data that ships inside the package and that a prepare step reads without naming it in its config:
+# the bundled seed rationales and the demo dataset. Their bytes are part of the prepare step's
+# identity, so editing a seed makes prepare (and everything after it) stale.
+BUNDLED_DATA = ("seeds", "demo")
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_data_digest() -> str:
+    root = resources.files("coe_runtime")
+    h = hashlib.sha256()
+    for folder in BUNDLED_DATA:
+        files = sorted((p for p in _walk(root / folder) if p.is_file()), key=lambda p: str(p))
+        for f in files:
+            h.update(str(f).rsplit("coe_runtime", 1)[-1].encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:FINGERPRINT_LENGTH]
+
+
+def _walk(node: Any):
+    for child in node.iterdir():
+        if child.is_dir():
+            yield from _walk(child)
+        else:
+            yield child
+
+
 def identity(config: Any, experiment_prefix: str) -> dict[str, Any]:
     """The part of a step config that decides its results, as plain JSON."""
     data = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
     for key in _NOT_IDENTITY:
         data.pop(key, None)
-    return {"schema": STEP_SCHEMA_VERSION, "step": _relative(data, experiment_prefix.rstrip("/"))}
+    ident = {"schema": STEP_SCHEMA_VERSION, "step": _relative(data, experiment_prefix.rstrip("/"))}
+    if data.get("kind") == "prepare":
+        ident["bundled_data"] = bundled_data_digest()
+    return ident
 
 
 def fingerprint_of(ident: dict[str, Any]) -> str:

@@ -129,3 +129,21 @@ def test_a_spec_without_spec_is_refused():
 
     with pytest.raises(ConfigError, match="spec"):
         parse_spec({"apiVersion": "coe.ml/v1alpha1", "kind": "CoEExperiment", "metadata": {"name": "x"}})
+
+
+def test_editing_a_bundled_seed_makes_prepare_and_everything_after_it_stale(monkeypatch):
+    from coe_runtime import fingerprint
+
+    before = _fps(_spec())
+    monkeypatch.setattr(fingerprint, "bundled_data_digest", lambda: "0" * 16)  # other seed bytes
+    after = _fps(_spec())
+    assert all(before[n] != after[n] for n in before)
+
+
+def test_the_bundled_data_digest_covers_the_seed_files():
+    from importlib import resources
+
+    from coe_runtime.fingerprint import bundled_data_digest
+
+    seeds = [p for p in resources.files("coe_runtime").joinpath("seeds").iterdir() if p.is_file()]
+    assert seeds and len(bundled_data_digest()) == 16
