@@ -194,3 +194,27 @@ def test_a_permanent_exit_code_fails_at_once(cluster, job_api):
     assert [without_fingerprint(j) for j in api.created(PLURAL[job_api]) if "-erc-" in j] == ["exp-erc-a1"]
     assert h.pod_runs["erc"] == 1  # the Job failed on the first exit (podFailurePolicy FailJob under v2)
     validate_all(api)
+
+
+def test_controller_restarts_create_each_trainjob_exactly_once(cluster):
+    """The restart test of test_operator_e2e.py under jobApi: TrainJob: the controller killed and
+    restarted again and again mid-run; every TrainJob is created once, the experiment succeeds."""
+    api, harnesses, controller, tmp = cluster
+    submit(api, doc_for("TrainJob", "restarts", tmp, stages=["erc"]))
+    controller.start()
+    deadline = time.time() + 360
+    restarts = 0
+    while phase(api, "restarts") not in ("Succeeded", "Failed"):
+        assert time.time() < deadline, experiment(api, "restarts").get("status")
+        harnesses["TrainJob"].step_all()
+        time.sleep(0.3)
+        if restarts < 4:
+            controller.kill()
+            controller.start()
+            restarts += 1
+    status = experiment(api, "restarts")["status"]
+    assert status["phase"] == "Succeeded", status
+    created = api.created("trainjobs")
+    assert len(created) == len(set(created)) == 3, created  # prepare, erc, test: once each
+    assert not api.created("pytorchjobs")
+    validate_all(api)
