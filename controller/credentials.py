@@ -35,22 +35,10 @@ from coe_controller import policy
 
 from coe_runtime.errors import StoreError
 from coe_runtime.store import get_store
+from coe_runtime.store.base import S3_SETTING_KEYS
 
 # Settings of the controller's environment that are not credentials: kept under a Secret's keys.
-_SETTINGS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_RETRY_MODE",
-    "AWS_MAX_ATTEMPTS",
-    "COE_S3_ADDRESSING_STYLE",
-    "COE_S3_MULTIPART_THRESHOLD_MB",
-    "COE_S3_MULTIPART_CHUNK_MB",
-    "COE_S3_MAX_CONCURRENCY",
-    "COE_S3_CONNECT_TIMEOUT_S",
-    "COE_S3_READ_TIMEOUT_S",
-)
+_SETTINGS = S3_SETTING_KEYS
 # What the controller takes from an experiment's Secret (the keys the pods' envFrom gives boto3).
 SECRET_KEYS = (
     "AWS_ACCESS_KEY_ID",

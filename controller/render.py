@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from coe_controller import rbac
 
 from coe_runtime.step import dump_step
+from coe_runtime.store.base import S3_CREDENTIAL_KEYS, S3_SETTING_KEYS
 
 DEFAULT_IMAGE = "ghcr.io/coe-k8s/coe-runtime:0.1.0"
 STEP_CONFIG_DIR = "/etc/coe/step"
@@ -572,23 +573,7 @@ TRAINJOB_CONTAINER = "node"
 RUNTIME_PATCH_MANAGER = "coe.ml/coe-controller"  # runtimePatches[].manager: who owns the patch
 # AWS_* / COE_S3_* keys an S3 Secret may hold. A TrainJob has no envFrom (neither spec.trainer nor a
 # container patch carries one), so the Secret reaches the pod key by key, each optional.
-S3_SECRET_KEYS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_RETRY_MODE",
-    "AWS_MAX_ATTEMPTS",
-    "COE_S3_ADDRESSING_STYLE",
-    "COE_S3_MULTIPART_THRESHOLD_MB",
-    "COE_S3_MULTIPART_CHUNK_MB",
-    "COE_S3_MAX_CONCURRENCY",
-    "COE_S3_CONNECT_TIMEOUT_S",
-    "COE_S3_READ_TIMEOUT_S",
-)
+S3_SECRET_KEYS = (*S3_CREDENTIAL_KEYS, *S3_SETTING_KEYS)
 # What the pod-spec patch (PodSpecPatch) can carry; anything else a step's pod needs cannot be expressed.
 _TRAINJOB_POD_FIELDS = (
     "affinity",

@@ -20,6 +20,24 @@ from urllib.parse import urlparse
 from coe_runtime.errors import StoreError, TransientStoreError
 
 MANIFEST = "MANIFEST.json"
+# The S3 client's environment, named once: settings (endpoint, region, retries, transfers, timeouts)
+# and the credential keys before them. The S3 back-end keys its client cache on them, the controller
+# copies the settings beside an experiment's Secret, and a TrainJob pod gets them key by key.
+S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+S3_SETTING_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_RETRY_MODE",
+    "AWS_MAX_ATTEMPTS",
+    "COE_S3_ADDRESSING_STYLE",
+    "COE_S3_MULTIPART_THRESHOLD_MB",
+    "COE_S3_MULTIPART_CHUNK_MB",
+    "COE_S3_MAX_CONCURRENCY",
+    "COE_S3_CONNECT_TIMEOUT_S",
+    "COE_S3_READ_TIMEOUT_S",
+)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

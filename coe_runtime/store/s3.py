@@ -43,7 +43,7 @@ from botocore.exceptions import (
 )
 
 from coe_runtime.errors import StoreError, TransientStoreError
-from coe_runtime.store.base import Store
+from coe_runtime.store.base import S3_CREDENTIAL_KEYS, S3_SETTING_KEYS, Store
 
 MB = 1024 * 1024
 # Largest number of keys S3 returns in one ListObjectsV2 page (also the DeleteObjects batch limit).
@@ -228,24 +228,7 @@ class S3Store(Store):
     @classmethod
     def from_env(cls) -> S3Store:
         """The store for the current environment; one per distinct configuration per process."""
-        keys = (
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_RETRY_MODE",
-            "AWS_MAX_ATTEMPTS",
-            "COE_S3_ADDRESSING_STYLE",
-            "COE_S3_MULTIPART_THRESHOLD_MB",
-            "COE_S3_MULTIPART_CHUNK_MB",
-            "COE_S3_MAX_CONCURRENCY",
-            "COE_S3_CONNECT_TIMEOUT_S",
-            "COE_S3_READ_TIMEOUT_S",
-        )
+        keys = (*S3_CREDENTIAL_KEYS, "AWS_PROFILE", *S3_SETTING_KEYS)
         key = tuple(os.environ.get(k) for k in keys)
         store = cls._from_env_cache.get(key)
         if store is None:
