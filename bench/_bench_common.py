@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from coe_runtime.data import Example
+from coe_runtime.data.dialogue import Example
 
 REPO = Path(__file__).resolve().parent.parent
 CUES = {"joy": "great", "anger": "mad", "sadness": "sad", "neutral": "okay"}

@@ -85,11 +85,11 @@ def train_adapter(model: str, train_file: Path, workdir: Path) -> str:
 
 
 def run_model(model: str, n: int, workdir: Path, train_examples: int = 0, full: bool = True) -> list[dict]:
-    from coe_runtime.data import read_examples
+    from coe_runtime.data.dialogue import read_examples
+    from coe_runtime.data.labels import get_label_set
     from coe_runtime.evaluate import evaluate_examples
-    from coe_runtime.generate import Generator
-    from coe_runtime.labels import get_label_set
-    from coe_runtime.prompts import answer_texts
+    from coe_runtime.models.generate import Generator
+    from coe_runtime.prompts.builder import answer_texts
     from coe_runtime.step import GenerationSettings, ModelRef
 
     label_set = get_label_set("meld", "coe")

@@ -26,7 +26,7 @@ from bench._bench_common import machine, peak_rss_mb, run_child, synthetic  # no
 
 
 def train_adapter(workdir: Path) -> Path:
-    from coe_runtime.data import write_examples
+    from coe_runtime.data.dialogue import write_examples
     from coe_runtime.step import parse_step
     from coe_runtime.train import run_train
 
@@ -42,7 +42,7 @@ def train_adapter(workdir: Path) -> Path:
 
 
 def variant(name: str, adapter: str, n: int, max_new: int, device: str) -> dict:
-    from coe_runtime.generate import Generator
+    from coe_runtime.models.generate import Generator
     from coe_runtime.step import GenerationSettings, ModelRef
 
     torch.set_num_threads(1)

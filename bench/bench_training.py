@@ -25,7 +25,7 @@ from bench._bench_common import machine, peak_rss_mb, run_child, synthetic  # no
 
 
 def variant(name: str, n: int, batch_size: int, device: str) -> dict:
-    from coe_runtime.models import load_tokenizer
+    from coe_runtime.models.loading import load_tokenizer
     from coe_runtime.step import ModelRef, TrainStep
     from coe_runtime.train import (
         LengthGroupedBatchSampler,

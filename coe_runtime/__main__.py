@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-# One classification of exceptions into exit codes, shared with the pod launcher (coe_controller.launch).
+# One classification of exceptions into exit codes, shared with the pod launcher (coe_runtime.launch).
 from coe_runtime.errors import (  # noqa: F401 - EXIT_PREEMPTED, is_transient: part of this module's API
     EXIT_BUG,
     EXIT_PERMANENT,

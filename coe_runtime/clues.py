@@ -1,6 +1,6 @@
 """The ``clues`` step: an instruction-tuned LLM writes a persona per speaker and a scene per dialogue.
 
-Output: ``clues.json`` in the clue file format (coe_runtime.clue_file), published under the step's
+Output: ``clues.json`` in the clue file format (coe_runtime.data.clue_file), published under the step's
 output, plus ``clues-summary.json`` (counts: requested, generated, served from the cache, empty).
 
 No peeking (the default, ``future_turns: false``): a persona is written for every target utterance
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coe_runtime.clue_file import Clues, dialogue_key, write_clues
-from coe_runtime.data import SPLITS, Dialogue
-from coe_runtime.model_store import content_key
+from coe_runtime.data.clue_file import Clues, dialogue_key, write_clues
+from coe_runtime.data.dialogue import SPLITS, Dialogue
+from coe_runtime.models.hub import content_key
 from coe_runtime.record import publish_step
 from coe_runtime.step import CluesStep, GenerationSettings, ModelRef
 
@@ -141,7 +141,7 @@ def clean_clue(text: str, max_chars: int = MAX_CLUE_CHARS) -> str:
 
 def model_key(ref: ModelRef) -> str:
     # A model folder in the store is keyed by what it holds (source + digest of its files), so two
-    # experiments' snapshots of one Hub model share the clue cache (coe_runtime.model_store).
+    # experiments' snapshots of one Hub model share the clue cache (coe_runtime.models.hub).
     return f"{content_key(ref.name_or_path)}|dtype={ref.dtype}|seed={ref.seed}"
 
 
@@ -218,7 +218,7 @@ def write_cache_shard(store: Any, prefix: str, rows: list[dict[str, Any]]) -> No
 # --------------------------------------------------------------------------------------------
 def load_dialogues(step: CluesStep) -> list[Dialogue]:
     """The dialogues of every split the dataset names (all three for the bundled demo)."""
-    from coe_runtime.readers import load_split
+    from coe_runtime.data.readers import load_split
 
     source = step.dataset
     splits = (
@@ -228,7 +228,7 @@ def load_dialogues(step: CluesStep) -> list[Dialogue]:
     for split in splits:
         part = load_split(source, split)
         if source.max_dialogues:
-            from coe_runtime.tasks import subset_dialogues
+            from coe_runtime.prompts.tasks import subset_dialogues
 
             # Prepare keeps the seed dialogues when it builds STEeR sets and not otherwise; this
             # step cannot know which, so it covers both subsets (their union, in file order).
@@ -245,8 +245,8 @@ def load_dialogues(step: CluesStep) -> list[Dialogue]:
 
 def _seed_uids(step: CluesStep) -> frozenset[str]:
     """Seed utterances are always kept when subsetting (as prepare keeps them)."""
+    from coe_runtime.data.seeds import load_seeds
     from coe_runtime.errors import CoEError
-    from coe_runtime.seeds import load_seeds
 
     try:
         return frozenset(s.uid for s in load_seeds(step.dataset.label_set.name))
@@ -270,7 +270,7 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
     ranks agree on what is missing; the generator shards each chunk, rank 0 writes the cache and
     publishes.
     """
-    from coe_runtime.generate import init_distributed
+    from coe_runtime.distributed import init_distributed
     from coe_runtime.progress import is_rank_zero, report
     from coe_runtime.store import get_store
 
@@ -298,7 +298,7 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
     generated = tokens = 0
     if missing:
         if generator is None:
-            from coe_runtime.generate import Generator
+            from coe_runtime.models.generate import Generator
 
             generator = Generator.load(step.base_model)
         tokenizer = getattr(generator, "tokenizer", None)

@@ -45,7 +45,7 @@ def runner(kind: str) -> Callable[[Any], dict]:
 
         return run_steer_round
     if kind == "model":
-        from coe_runtime.model_store import run_model
+        from coe_runtime.models.hub import run_model
 
         return run_model
     raise AssertionError(kind)

@@ -1,6 +1,6 @@
 """Errors with a user-facing message and an exit-code class, and the one classification of exceptions
 into exit codes (used by the runtime's entry point ``coe_runtime.__main__`` and by the pod launcher
-``coe_controller.launch``).
+``coe_runtime.launch``).
 
 Exit codes are the contract with Kubernetes (PyTorchJob ``restartPolicy: ExitCode``):
 1-127 are permanent (bad config, bad data: retrying cannot help), 128-255 are

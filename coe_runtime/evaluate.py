@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from coe_runtime import progress
-from coe_runtime.answers import SCORE_METHOD, parse_answer
-from coe_runtime.data import Example
+from coe_runtime.data.answers import SCORE_METHOD, parse_answer
+from coe_runtime.data.dialogue import Example, read_examples_uri
+from coe_runtime.data.labels import LabelSet, get_label_set
+from coe_runtime.distributed import dist_info, init_distributed
 from coe_runtime.errors import DataError
-from coe_runtime.generate import Generator, dist_info, init_distributed, read_examples_uri
-from coe_runtime.labels import LabelSet, get_label_set
-from coe_runtime.prompts import answer_texts
+from coe_runtime.models.generate import Generator
+from coe_runtime.prompts.builder import answer_texts
 from coe_runtime.record import publish_step
 from coe_runtime.step import GenerateStep, GenerationSettings, LabelSetRef
 
@@ -124,7 +125,7 @@ def run_generate(step: GenerateStep) -> dict:
     """Predictions JSONL ``{id, output, parsed_label, gold, parse_method, decoding}`` (+
     ``metrics.json``), published under ``step.output`` by rank 0."""
     from coe_runtime.metrics import write_metrics
-    from coe_runtime.models import default_device
+    from coe_runtime.models.loading import default_device
     from coe_runtime.store import normalize_uri
 
     step = step.model_copy(update={"output": normalize_uri(step.output)})

@@ -46,17 +46,20 @@ def _relative(value: Any, prefix: str) -> Any:
 # Data that ships inside the package and that a prepare step reads without naming it in its config:
 # the bundled seed rationales and the demo dataset. Their bytes are part of the prepare step's
 # identity, so editing a seed makes prepare (and everything after it) stale.
-BUNDLED_DATA = ("seeds", "demo")
+# Bundled data folders by the name their files are hashed under: the name, not where the package keeps
+# the folder, is part of the identity, so moving a folder inside the package changes no fingerprint.
+BUNDLED_DATA = {"seeds": "data/seeds", "demo": "demo"}
 
 
 @functools.lru_cache(maxsize=1)
 def bundled_data_digest() -> str:
     root = resources.files("coe_runtime")
     h = hashlib.sha256()
-    for folder in BUNDLED_DATA:
-        files = sorted((p for p in _walk(root / folder) if p.is_file()), key=lambda p: str(p))
+    for name, folder in BUNDLED_DATA.items():
+        base = root.joinpath(*folder.split("/"))
+        files = sorted((p for p in _walk(base) if p.is_file()), key=lambda p: str(p))
         for f in files:
-            h.update(str(f).rsplit("coe_runtime", 1)[-1].encode())
+            h.update(f"/{name}{str(f)[len(str(base)) :]}".encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:FINGERPRINT_LENGTH]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from coe_runtime.answers import FALLBACK_METHODS
+from coe_runtime.data.answers import FALLBACK_METHODS
+from coe_runtime.data.labels import LabelSet
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import LabelSet
 
 UNPARSED = "<unparsed>"
 

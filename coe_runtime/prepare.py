@@ -22,17 +22,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from coe_runtime.clue_file import DEMO_CLUES, Clues, check_coverage, load_clues
-from coe_runtime.data import SPLITS, Dialogue, Example, write_examples
+from coe_runtime.data.clue_file import DEMO_CLUES, Clues, check_coverage, load_clues
+from coe_runtime.data.dialogue import SPLITS, Dialogue, Example, write_examples
+from coe_runtime.data.labels import LabelSet, get_label_set
+from coe_runtime.data.seeds import load_seeds
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import LabelSet, get_label_set
 from coe_runtime.progress import is_rank_zero, report
-from coe_runtime.prompts import CountTokens
+from coe_runtime.prompts.builder import CountTokens
+from coe_runtime.prompts.tasks import build_examples, build_steer_sets, subset_dialogues, subset_examples
 from coe_runtime.record import publish_step
-from coe_runtime.seeds import load_seeds
 from coe_runtime.step import PrepareStep
 from coe_runtime.store import normalize_uri
-from coe_runtime.tasks import build_examples, build_steer_sets, subset_dialogues, subset_examples
 
 
 def tokenizer_counter(step: PrepareStep) -> tuple[CountTokens | None, str]:
@@ -41,9 +41,9 @@ def tokenizer_counter(step: PrepareStep) -> tuple[CountTokens | None, str]:
     Falls back to the word/punctuation estimate when the models module is not available.
     """
     try:
-        from coe_runtime.models import load_tokenizer
+        from coe_runtime.models.loading import load_tokenizer
     except ModuleNotFoundError as e:
-        if e.name != "coe_runtime.models":
+        if e.name != "coe_runtime.models.loading":
             raise
         return None, "estimate"
     tokenizer = load_tokenizer(step.base_model)
@@ -166,7 +166,7 @@ def run_prepare(
     if not is_rank_zero():
         return {"skipped": "only rank 0 prepares"}
     if load_split is None:
-        from coe_runtime.readers import load_split
+        from coe_runtime.data.readers import load_split
     ref = step.dataset.label_set
     label_set = get_label_set(ref.name, ref.naming, ref.custom_prompt_names or None)
     splits = present_splits(step)

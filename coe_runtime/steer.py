@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from coe_runtime.answers import SCORE_METHOD, TAG_RE, parse_answer
-from coe_runtime.data import Example, read_examples, write_examples
+from coe_runtime.data.answers import SCORE_METHOD, TAG_RE, parse_answer
+from coe_runtime.data.dialogue import Example, read_examples, write_examples
+from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import DataError
-from coe_runtime.labels import LabelSet, get_label_set
-from coe_runtime.prompts import steer_target, with_hint
+from coe_runtime.prompts.builder import steer_target, with_hint
 from coe_runtime.record import publish_step
 from coe_runtime.step import GenerationSettings, SteerOptions, SteerRoundStep
 
@@ -506,7 +506,7 @@ def score_labels(
     """The label scored for each ``(prompt, rationale)``: the highest log-likelihood label tag
     after the prompt and the rationale, as memory targets write it (``<rationale> <joyful>``); an
     empty rationale scores the tag right after the prompt (a direct answer)."""
-    from coe_runtime.prompts import answer_texts
+    from coe_runtime.prompts.builder import answer_texts
 
     tags = answer_texts(label_set, "tag")
     labels: list[str | None] = [None] * len(items)
@@ -550,7 +550,7 @@ def write_round_outputs(
 
 
 def _make_generator(step: SteerRoundStep, label_set: LabelSet) -> Any:
-    from coe_runtime.generate import Generator
+    from coe_runtime.models.generate import Generator
 
     # label_names: generation stops at a tag naming one of THIS dataset's labels.
     return Generator.load(step.base_model, step.adapter, label_names=label_set.prompt_names)
@@ -570,7 +570,7 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     store = get_store(step.output)
     n = step.round
 
-    from coe_runtime.generate import init_distributed
+    from coe_runtime.distributed import init_distributed
 
     init_distributed()
     label_set = get_label_set(

@@ -228,7 +228,7 @@ class SteerRoundStep(_StepBase):
 
 
 class ModelStep(_StepBase):
-    """Snapshot a Hugging Face Hub model into the store once per experiment (coe_runtime.model_store).
+    """Snapshot a Hugging Face Hub model into the store once per experiment (coe_runtime.models.hub).
 
     ``base_model.name_or_path`` is the Hub id; the model's files are published under ``output``
     with a manifest (sha256 per file), and every later step reads ``output`` as its base model.

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe_runtime import progress
-from coe_runtime.data import Example
+from coe_runtime.data.dialogue import Example, read_examples_uri
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.generate import encode_prompt, read_examples_uri
+from coe_runtime.models.generate import encode_prompt
 from coe_runtime.record import publish_step
 from coe_runtime.step import TrainStep, dump_step
 from coe_runtime.store import cache_dir, get_store, join, materialize, normalize_uri
@@ -188,7 +188,7 @@ def build_trainable_model(step: TrainStep, device: str | None = None) -> PreTrai
     ``init_adapter`` loaded trainable (continued, never merged)."""
     from peft import LoraConfig, get_peft_model
 
-    from coe_runtime.models import attach_adapter, load_model
+    from coe_runtime.models.loading import attach_adapter, load_model
 
     model = load_model(step.base_model, device=device)
     if step.init_adapter:
@@ -488,7 +488,7 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
     ``extra_callbacks``: more ``transformers.TrainerCallback`` objects (progress displays, tests)."""
     from transformers import PrinterCallback, set_seed
 
-    from coe_runtime.models import load_tokenizer
+    from coe_runtime.models.loading import load_tokenizer
 
     step = step.model_copy(update={"output": normalize_uri(step.output)})
     ds_config = resolve_deepspeed_config(step.distributed.deepspeed)
@@ -607,8 +607,9 @@ class _DevEvaluator:
     def evaluate(self, model: Any, epoch: int) -> None:
         import contextlib
 
+        from coe_runtime.distributed import dist_info
         from coe_runtime.evaluate import evaluate_examples
-        from coe_runtime.generate import Generator, dist_info
+        from coe_runtime.models.generate import Generator
 
         peft_model = _unwrap(model)
         gather: Any = contextlib.nullcontext()

@@ -136,7 +136,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def cmd_upload_model(args: argparse.Namespace) -> int:
-    from coe_runtime.model_store import upload_model
+    from coe_runtime.models.hub import upload_model
 
     manifest = upload_model(args.local_dir, args.uri, source=args.source)
     print(

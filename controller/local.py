@@ -217,7 +217,7 @@ def _labels(store: Store, uri: str) -> list[str]:
 def experiment_summary(spec: CoEExperiment, store: Store | None = None) -> dict[str, Any]:
     """Final numbers of the current spec: dev/test weighted F1 beside the majority-class baseline,
     and artifact URIs."""
-    from coe_runtime.labels import get_label_set
+    from coe_runtime.data.labels import get_label_set
     from coe_runtime.metrics import majority_baseline
 
     store = store or get_store(spec.spec.store)
@@ -308,7 +308,7 @@ def _kill_group(pgid: int, grace_s: float = 10.0, leader: subprocess.Popen | Non
 def step_command(step: PlannedStep, config_path: Path, python: str = sys.executable) -> list[str]:
     """The command a pod's container would run for this step (torchrun when nproc > 1).
 
-    Several processes go through :mod:`coe_controller.launch`, the same torchrun wrapper the pods
+    Several processes go through :mod:`coe_runtime.launch`, the same torchrun wrapper the pods
     use, so a worker's exit code (permanent 1-127, retryable 128-255) survives torchrun here too.
     """
     module = os.environ.get(RUNTIME_MODULE_ENV, "coe_runtime")
@@ -318,7 +318,7 @@ def step_command(step: PlannedStep, config_path: Path, python: str = sys.executa
         return [
             python,
             "-m",
-            "coe_controller.launch",
+            "coe_runtime.launch",
             "--standalone",
             f"--nproc-per-node={nproc}",
             "-m",

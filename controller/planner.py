@@ -235,7 +235,7 @@ class _Planner:
         """The ModelRef later steps use for a spec's model: a Hub id is snapshotted into the store
         once per experiment by a ``model`` step planned here (its fingerprint covers only the id and
         the revision, so every run of the experiment reuses it), and the steps read its output."""
-        from coe_runtime.model_store import is_hub_id
+        from coe_runtime.models.hub import is_hub_id
 
         ref = model.to_ref()
         if not is_hub_id(ref.name_or_path):

@@ -13,7 +13,7 @@ Every step attempt becomes:
   DeepSpeed ``ds.json``), created once with the step's first job and never updated, so editing the
   experiment later cannot change a step that has started (retries reuse it);
 * a PyTorchJob ``<experiment>-<step>-a<attempt>``: Master (exactly one replica) plus Workers when the
-  step asks for more than one node, each pod running torchrun (through :mod:`coe_controller.launch`,
+  step asks for more than one node, each pod running torchrun (through :mod:`coe_runtime.launch`,
   which keeps the worker's exit code) ``... -m coe_runtime <kind> --config /etc/coe/step/step.json``
   in the runtime image.
 """
@@ -310,7 +310,7 @@ def frozen_step_files(step_config: Any) -> dict[str, str]:
 def _reads_the_hub(config: Any) -> bool:
     """The step downloads from the Hugging Face Hub: a ``model`` step, or a hand-written step whose
     base model is a Hub id (planned steps read a Hub model from its snapshot in the store)."""
-    from coe_runtime.model_store import is_hub_id
+    from coe_runtime.models.hub import is_hub_id
 
     return config.kind == "model" or is_hub_id(config.base_model.name_or_path)
 
@@ -329,7 +329,7 @@ def common_labels(owner: Owner, step_name: str, kind: str) -> dict[str, str]:
 
 # torchrun, run by a wrapper that exits with the failed worker's code (a bare torchrun exits 1 for
 # every failure, which restartPolicy ExitCode and the controller would read as "permanent").
-LAUNCHER = ["python", "-m", "coe_controller.launch"]
+LAUNCHER = ["python", "-m", "coe_runtime.launch"]
 
 
 def torchrun_command(kind: str, nnodes: int, nproc_per_node: int) -> list[str]:

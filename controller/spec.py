@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from coe_runtime import step as rt
+from coe_runtime.data.labels import BUILTIN
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import BUILTIN
 from coe_runtime.step import format_validation_error
 
 API_VERSION = "coe.ml/v1alpha1"
@@ -85,7 +85,7 @@ class ModelSpec(rt.ModelRef):
 
     @model_validator(mode="after")
     def _hub_only(self) -> ModelSpec:
-        from coe_runtime.model_store import is_hub_id
+        from coe_runtime.models.hub import is_hub_id
 
         if not is_hub_id(self.name_or_path):
             extra = [f for f in ("revision", "hf_token_secret") if getattr(self, f) is not None]

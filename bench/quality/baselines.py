@@ -50,7 +50,7 @@ class LabelledTexts:
 
 
 def utterances_of(dialogues: Sequence[Any]) -> LabelledTexts:
-    """Every utterance of ``dialogues`` (coe_runtime.data.Dialogue) as text + label + uid."""
+    """Every utterance of ``dialogues`` (coe_runtime.data.dialogue.Dialogue) as text + label + uid."""
     texts, labels, ids = [], [], []
     for d in dialogues:
         for u in d.utterances:

@@ -216,7 +216,7 @@ def _published_file(store: Any, view: Any, name: str) -> Any:
 
 def count_answer_tokens(texts: Sequence[str], model_ref: Any) -> int:
     """Tokens of generated answers, re-tokenised with the base model's tokenizer (EOS not counted)."""
-    from coe_runtime.models import load_tokenizer
+    from coe_runtime.models.loading import load_tokenizer
 
     if not texts:
         return 0
@@ -381,11 +381,11 @@ def compute_baselines(
 ) -> list[dict[str, Any]]:
     """Majority class and TF-IDF+LR, fitted on the training split (``full``, or ``arms``: the
     arms' dialogue subset) and scored on ``test_uids`` (None: the whole test split)."""
-    from coe_runtime.labels import get_label_set
+    from coe_runtime.data.labels import get_label_set
+    from coe_runtime.data.readers import load_split
     from coe_runtime.metrics import compute_metrics
-    from coe_runtime.readers import load_split
+    from coe_runtime.prompts.tasks import subset_dialogues
     from coe_runtime.store import get_store
-    from coe_runtime.tasks import subset_dialogues
 
     src = _source(arm.spec)
     ls = src.label_set

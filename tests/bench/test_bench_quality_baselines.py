@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bench.quality import baselines as bl
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.readers import read_file
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import get_label_set
 from coe_runtime.metrics import compute_metrics
-from coe_runtime.readers import read_file
 
 FILES = {
     "meld": ("meld", "meld/train_sent_emo.csv", "meld/test_sent_emo.csv"),

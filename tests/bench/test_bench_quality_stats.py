@@ -8,8 +8,8 @@ import pytest
 
 from bench.quality import report
 from bench.quality.stats import bootstrap_intervals, point_scores
+from coe_runtime.data.labels import get_label_set
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import get_label_set
 from coe_runtime.metrics import compute_metrics
 
 LABELS = ["neutral", "joy", "anger", "sadness"]

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from coe_controller import cli_data
 from coe_controller.cli import main
 
-from coe_runtime.labels import get_label_set
-from coe_runtime.prompts import erc_target, required_length
-from coe_runtime.readers import read_file
-from coe_runtime.tasks import build_examples
+from coe_runtime import data_report
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.readers import read_file
+from coe_runtime.prompts.builder import erc_target, required_length
+from coe_runtime.prompts.tasks import build_examples
 from tests.support.shared import need_shared
 
 
@@ -77,28 +77,28 @@ def test_prompt_lengths_agree_with_task_builder(tmp_path):
     prompts.required_length says."""
     label_set = get_label_set("iemocap")
     dialogues = read_file(small_dataset(tmp_path) / "train.jsonl", "jsonl", label_set="iemocap")
-    counter = cli_data.TokenCounter("estimate")
-    stats = cli_data.prompt_lengths(dialogues, label_set, counter, window=12, max_length=100_000)
+    counter = data_report.TokenCounter("estimate")
+    stats = data_report.prompt_lengths(dialogues, label_set, counter, window=12, max_length=100_000)
     examples = build_examples(dialogues, "erc", label_set, history_window=12, max_length=100_000)
     counts = sorted(e.meta["n_tokens"] for e in examples)
-    assert stats["max"] == counts[-1] and stats["p50"] == cli_data.percentile(counts, 50)
+    assert stats["max"] == counts[-1] and stats["p50"] == data_report.percentile(counts, 50)
     needs = [
         required_length(d, i, "erc", label_set, target=erc_target(u.label, label_set))
         for d in dialogues
         for i, u in enumerate(d.utterances)
     ]
     limit = max(needs)  # every prompt fits without history; longer ones must shed some
-    stats = cli_data.prompt_lengths(dialogues, label_set, counter, window=12, max_length=limit)
+    stats = data_report.prompt_lengths(dialogues, label_set, counter, window=12, max_length=limit)
     assert stats["over_max_length"] == sum(n > limit for n in counts) > 0
     assert stats["cannot_fit"] == 0
-    stats = cli_data.prompt_lengths(dialogues, label_set, counter, window=12, max_length=limit - 1)
+    stats = data_report.prompt_lengths(dialogues, label_set, counter, window=12, max_length=limit - 1)
     assert stats["cannot_fit"] == sum(n > limit - 1 for n in needs) > 0
 
 
 def test_percentile_is_nearest_rank():
     values = list(range(1, 101))
-    assert [cli_data.percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
-    assert cli_data.percentile([7], 99) == 7
+    assert [data_report.percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
+    assert data_report.percentile([7], 99) == 7
 
 
 def test_check_reports_problems_and_strict_exit(tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_preview_by_uid_and_index(capsys):
 
 
 def test_preview_steer_seed_and_pool(capsys):
-    from coe_runtime.seeds import load_seeds
+    from coe_runtime.data.seeds import load_seeds
 
     seed = load_seeds("demo")[0]
     code, out, _ = run(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coe_runtime.readers import ReadNotes, find_split_files, read_file
+from coe_runtime.data.readers import ReadNotes, find_split_files, read_file
 from tests.support.shared import need_shared
 
 pytestmark = pytest.mark.realdata

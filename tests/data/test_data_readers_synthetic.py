@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import get_label_set
-from coe_runtime.readers import (
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.readers import (
     ReadNotes,
     bundled_demo_path,
     find_split_files,
@@ -18,6 +17,7 @@ from coe_runtime.readers import (
     repair_cp1252_mojibake,
     split_from_filename,
 )
+from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.step import DatasetSource, LabelSetRef
 
 MELD_HEADER = (

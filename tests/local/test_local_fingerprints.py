@@ -141,9 +141,8 @@ def test_editing_a_bundled_seed_makes_prepare_and_everything_after_it_stale(monk
 
 
 def test_the_bundled_data_digest_covers_the_seed_files():
-    from importlib import resources
-
+    from coe_runtime.data.seeds import SEEDS_DIR
     from coe_runtime.fingerprint import bundled_data_digest
 
-    seeds = [p for p in resources.files("coe_runtime").joinpath("seeds").iterdir() if p.is_file()]
+    seeds = [p for p in SEEDS_DIR.iterdir() if p.is_file()]
     assert seeds and len(bundled_data_digest()) == 16

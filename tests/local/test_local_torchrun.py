@@ -45,7 +45,7 @@ def test_two_processes_use_the_launcher():
     spec = parse_spec(_doc(Path("/tmp/unused"), 2), "inline")
     erc = next(s for s in plan(spec) if s.name == "erc")
     cmd = step_command(erc, Path("step.json"))
-    assert cmd[1:3] == ["-m", "coe_controller.launch"]
+    assert cmd[1:3] == ["-m", "coe_runtime.launch"]
     assert "--nproc-per-node=2" in cmd
 
 

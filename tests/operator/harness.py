@@ -520,7 +520,7 @@ class TrainingOperator:
             if d in env:
                 Path(env[d]).mkdir(parents=True, exist_ok=True)
         cmd = [sub(a) for a in container["command"]]
-        assert cmd[:3] == ["python", "-m", "coe_controller.launch"], cmd
+        assert cmd[:3] == ["python", "-m", "coe_runtime.launch"], cmd
         if self.fake:
             module_at = cmd.index("coe_runtime") - 1
             assert cmd[module_at] == "-m", cmd

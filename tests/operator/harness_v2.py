@@ -587,7 +587,7 @@ class TrainerV2:
             if d in env:
                 Path(env[d]).mkdir(parents=True, exist_ok=True)
         cmd = [sub(a) for a in container["command"]]
-        assert cmd[:3] == ["python", "-m", "coe_controller.launch"], cmd
+        assert cmd[:3] == ["python", "-m", "coe_runtime.launch"], cmd
         if self.fake:
             module_at = cmd.index("coe_runtime") - 1
             cmd = [sys.executable, "-m", "tests.operator.fake_runtime", *cmd[module_at + 2 :]]

@@ -1,4 +1,4 @@
-"""coe_controller.launch: torchrun whose exit code follows the retry contract (bare torchrun exits 1 for
+"""coe_runtime.launch: torchrun whose exit code follows the retry contract (bare torchrun exits 1 for
 every worker failure and for SIGTERM, which ``restartPolicy: ExitCode`` reads as permanent)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from coe_controller.launch import pod_exit_code
 
 from coe_runtime import errors
 from coe_runtime.errors import EXIT_PEER_LOST, EXIT_PERMANENT, EXIT_RETRYABLE, exit_code_for
+from coe_runtime.launch import pod_exit_code
 from tests.support.kmock_api import free_port
 from tests.support.pythonpath import child_pythonpath
 
@@ -36,7 +36,7 @@ def _env() -> dict[str, str]:
 
 
 def _launch(*args: str) -> list[str]:
-    return [sys.executable, "-m", "coe_controller.launch", *args]
+    return [sys.executable, "-m", "coe_runtime.launch", *args]
 
 
 def _alive(pid: int) -> bool:

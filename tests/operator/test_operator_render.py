@@ -117,7 +117,7 @@ def test_rendered_jobs_validate_and_carry_the_cluster_settings(tmp_path):
     assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     pod = specs["Master"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["name"] == "pytorch" and c["command"][:3] == ["python", "-m", "coe_controller.launch"]
+    assert c["name"] == "pytorch" and c["command"][:3] == ["python", "-m", "coe_runtime.launch"]
     assert c["command"][-2:] == ["--config", "/etc/coe/step/step.json"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert c["envFrom"] == [{"secretRef": {"name": "coe-s3"}}]

@@ -71,7 +71,7 @@ def test_runtime_image_pins_match_the_project():
     assert args["CUDA_VERSION"].startswith("13.0")
     assert "TORCH_CUDA_ARCH_LIST" in args and args["TORCH_CUDA_ARCH_LIST"]
     assert any(
-        line.startswith("ENTRYPOINT") and "coe_controller.launch" in line
+        line.startswith("ENTRYPOINT") and "coe_runtime.launch" in line
         for line in _instructions(DOCKERFILES["runtime"])
     )
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from coe_runtime.answers import FALLBACK_METHODS, PARSE_METHODS, parse_answer
+from coe_runtime.data.answers import FALLBACK_METHODS, PARSE_METHODS, parse_answer
+from coe_runtime.data.labels import BUILTIN, EMORYNLP, IEMOCAP, MELD, LabelSet, get_label_set
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import BUILTIN, EMORYNLP, IEMOCAP, MELD, LabelSet, get_label_set
 from coe_runtime.metrics import compute_metrics
 
 MELD_COE = get_label_set("meld", "coe")  # joy/anger/sadness spelt joyful/angry/sad in prompts

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from coe_runtime.clue_file import DEMO_CLUES, load_clues
-from coe_runtime.readers import read_file
+from coe_runtime.data.clue_file import DEMO_CLUES, load_clues
+from coe_runtime.data.readers import read_file
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO / "coe_runtime" / "demo"

@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from coe_runtime.answers import parse_answer
-from coe_runtime.data import read_examples
+from coe_runtime.data.answers import parse_answer
+from coe_runtime.data.dialogue import read_examples
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.readers import read_file
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import get_label_set
 from coe_runtime.prepare import run_prepare
-from coe_runtime.prompts import build_prompt, estimate_tokens, required_length
-from coe_runtime.readers import read_file
+from coe_runtime.prompts.builder import build_prompt, estimate_tokens, required_length
+from coe_runtime.prompts.tasks import build_examples
 from coe_runtime.step import PrepareStep
-from coe_runtime.tasks import build_examples
 
 DEMO = get_label_set("demo", "coe")
 

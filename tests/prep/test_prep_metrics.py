@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import LabelSet, get_label_set
 from coe_runtime.metrics import compute_metrics, majority_baseline, write_metrics
 
 ABC = LabelSet("abc", ("a", "b", "c"), ("alpha", "beta", "gamma"))

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from coe_runtime.data import read_examples
+from coe_runtime.data.dialogue import read_examples
 from coe_runtime.errors import ConfigError
 from coe_runtime.prepare import run_prepare
-from coe_runtime.prompts import estimate_tokens
+from coe_runtime.prompts.builder import estimate_tokens
 from coe_runtime.record import RUN_RECORD
 from coe_runtime.step import PrepareStep
 from coe_runtime.store import MANIFEST, sha256_file
@@ -69,7 +69,7 @@ def test_prepare_publishes_every_file_and_the_manifest(tmp_path):
 
 @pytest.mark.slow
 def test_budget_with_the_model_tokenizer(tmp_path):
-    from coe_runtime.models import load_tokenizer
+    from coe_runtime.models.loading import load_tokenizer
     from coe_runtime.step import ModelRef
 
     out = tmp_path / "prep"

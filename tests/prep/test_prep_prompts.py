@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from coe_runtime.clue_file import Clues
-from coe_runtime.data import Dialogue, Utterance
+from coe_runtime.data.clue_file import Clues
+from coe_runtime.data.dialogue import Dialogue, Utterance
+from coe_runtime.data.labels import get_label_set
 from coe_runtime.errors import ConfigError
-from coe_runtime.labels import get_label_set
-from coe_runtime.prompts import (
+from coe_runtime.prompts.builder import (
     MIN_MAX_LENGTH,
     PromptBudgetError,
     build_prompt,

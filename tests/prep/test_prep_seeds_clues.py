@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from coe_runtime.clue_file import DEMO_CLUES, Clues, load_clues, parse_clues, write_clues
+from coe_runtime.data.clue_file import DEMO_CLUES, Clues, load_clues, parse_clues, write_clues
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.seeds import load_seeds
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import get_label_set
-from coe_runtime.seeds import load_seeds
 
 GOOD = {"uid": "demo-train-01-u0", "label": "joy", "rationale": "She says she is delighted."}
 

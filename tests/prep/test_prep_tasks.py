@@ -6,14 +6,14 @@ from collections import Counter
 
 import pytest
 
-from coe_runtime.clue_file import DEMO_CLUES, load_clues
-from coe_runtime.data import Dialogue, Example, Utterance
+from coe_runtime.data.clue_file import DEMO_CLUES, load_clues
+from coe_runtime.data.dialogue import Dialogue, Example, Utterance
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.readers import read_file
+from coe_runtime.data.seeds import Seed, load_seeds
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import get_label_set
-from coe_runtime.prompts import PromptBudgetError
-from coe_runtime.readers import read_file
-from coe_runtime.seeds import Seed, load_seeds
-from coe_runtime.tasks import build_examples, build_steer_sets, subset_dialogues, subset_examples
+from coe_runtime.prompts.builder import PromptBudgetError
+from coe_runtime.prompts.tasks import build_examples, build_steer_sets, subset_dialogues, subset_examples
 
 DEMO = get_label_set("demo", "coe")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from coe_runtime.data import Example, write_examples
+from coe_runtime.data.dialogue import Example, write_examples
 
 # A cue word per emotion: the tiny model can learn the mapping in a few dozen steps.
 CUES = {"joy": "great", "anger": "mad", "sadness": "sad", "neutral": "okay"}

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from coe_runtime.data import Example, write_examples
+from coe_runtime.data.dialogue import Example, write_examples
+from coe_runtime.data.labels import get_label_set
 from coe_runtime.evaluate import evaluate_examples, run_generate
-from coe_runtime.generate import AnswerCompleteStop, Generator, encode_prompt
-from coe_runtime.labels import get_label_set
-from coe_runtime.models import load_model, load_tokenizer
-from coe_runtime.prompts import answer_texts, erc_target
+from coe_runtime.models.generate import AnswerCompleteStop, Generator, encode_prompt
+from coe_runtime.models.loading import load_model, load_tokenizer
+from coe_runtime.prompts.builder import answer_texts, erc_target
 from coe_runtime.step import GenerationSettings, ModelRef, parse_step
 from coe_runtime.train import tokenize_example
 from tests.runtime.runtime_fixtures import synthetic_examples
@@ -203,7 +203,7 @@ def test_score_decoding_with_an_adapter_matches_brute_force(trained, label_forma
 def test_trained_adapter_scores_its_own_training_format_well(trained, synthetic_files):
     """The fixture's adapter learned `` <label>`` targets: scoring those answers finds the label
     at least as often as generating does."""
-    from coe_runtime.data import read_examples
+    from coe_runtime.data.dialogue import read_examples
 
     gen = Generator.load(REF, str(trained["out"] / "adapter"), device="cpu", label_names=LABELS)
     examples = read_examples(synthetic_files["test"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from coe_runtime.generate import Generator
-from coe_runtime.models import attach_adapter, load_model, load_tokenizer
+from coe_runtime.models.generate import Generator
+from coe_runtime.models.loading import attach_adapter, load_model, load_tokenizer
 from coe_runtime.step import GenerationSettings, ModelRef
 from tests.runtime.conftest import train_config
 from tests.support.pythonpath import child_pythonpath
@@ -99,7 +99,7 @@ def test_sharded_generation_returns_every_id_once_in_order(trained, synthetic_fi
         device="cpu",
         label_names=["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
     )
-    from coe_runtime.data import read_examples
+    from coe_runtime.data.dialogue import read_examples
 
     single = gen.generate(
         [ex.prompt for ex in read_examples(synthetic_files["test"])], GenerationSettings(max_new_tokens=6)

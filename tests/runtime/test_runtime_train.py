@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.models import attach_adapter, load_model, load_tokenizer
+from coe_runtime.models.loading import attach_adapter, load_model, load_tokenizer
 from coe_runtime.step import ModelRef, parse_step
 from coe_runtime.train import (
     IGNORE_INDEX,

@@ -11,10 +11,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-from coe_runtime.data import Example, write_examples
-from coe_runtime.generate import Generator, GenOutput, dist_info
-from coe_runtime.labels import get_label_set
-from coe_runtime.prompts import ANSWER_HEADER
+from coe_runtime.data.dialogue import Example, write_examples
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.distributed import dist_info
+from coe_runtime.models.generate import Generator, GenOutput
+from coe_runtime.prompts.builder import ANSWER_HEADER
 from coe_runtime.step import LabelSetRef, SteerOptions, SteerRoundStep
 
 LABEL_SET = get_label_set("emorynlp")

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from coe_runtime.data import Example
+from coe_runtime.data.dialogue import Example
+from coe_runtime.data.labels import EMORYNLP, MELD, get_label_set
 from coe_runtime.errors import DataError
-from coe_runtime.labels import EMORYNLP, MELD, get_label_set
-from coe_runtime.prompts import ANSWER_HEADER
+from coe_runtime.prompts.builder import ANSWER_HEADER
 from coe_runtime.steer import (
     STOP_FEW_ACCEPTED,
     STOP_MAX_ROUNDS,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from coe_runtime.clue_file import load_clues
 from coe_runtime.clues import PERSONA, SCENE, assemble_clues, clean_clue, llm_prompt, plan_requests, run_clues
-from coe_runtime.data import Dialogue, Utterance
+from coe_runtime.data.clue_file import load_clues
+from coe_runtime.data.dialogue import Dialogue, Utterance
 from coe_runtime.step import CluesStep, DatasetSource, GenerationSettings, LabelSetRef
 from coe_runtime.store import MANIFEST
 

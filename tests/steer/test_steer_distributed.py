@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coe_runtime.data import read_examples
+from coe_runtime.data.dialogue import read_examples
 from coe_runtime.steer import run_steer_round
 from tests.steer.steer_dist_worker import N_POOL, ScriptedShardedGenerator, make_step
 from tests.support.pythonpath import child_pythonpath

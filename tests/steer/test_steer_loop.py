@@ -17,10 +17,10 @@ import pytest
 from coe_controller.planner import observe_rounds, plan
 from coe_controller.spec import parse_spec
 
-from coe_runtime.answers import parse_answer
-from coe_runtime.data import read_examples
+from coe_runtime.data.answers import parse_answer
+from coe_runtime.data.dialogue import read_examples
+from coe_runtime.data.labels import get_label_set
 from coe_runtime.driver import run_step
-from coe_runtime.labels import get_label_set
 from coe_runtime.prepare import run_prepare
 from coe_runtime.steer import run_steer_round
 from coe_runtime.store import MANIFEST, FileStore

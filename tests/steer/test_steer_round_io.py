@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from coe_runtime.data import Example, read_examples, write_examples
+from coe_runtime.data.dialogue import Example, read_examples, write_examples
+from coe_runtime.data.labels import get_label_set
 from coe_runtime.driver import run_step
 from coe_runtime.errors import DataError
-from coe_runtime.labels import get_label_set
-from coe_runtime.prompts import ANSWER_HEADER
+from coe_runtime.prompts.builder import ANSWER_HEADER
 from coe_runtime.steer import cut_at_limit, format_rounds_table, rationale_budget_warning, run_steer_round
 from coe_runtime.step import LabelSetRef, SteerOptions, SteerRoundStep
 from coe_runtime.store import MANIFEST

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 from coe_controller.state import result_line
 
-from coe_runtime.data import Example, read_examples, write_examples
-from coe_runtime.labels import MELD
-from coe_runtime.prompts import ANSWER_HEADER
+from coe_runtime.data.dialogue import Example, read_examples, write_examples
+from coe_runtime.data.labels import MELD
+from coe_runtime.prompts.builder import ANSWER_HEADER
 from coe_runtime.steer import (
     accept,
     direct_rationale,
@@ -132,7 +132,7 @@ def test_two_phase_scoring_gives_every_example_a_label(tmp_path):
 
 
 def test_two_phase_scoring_with_the_tiny_model_labels_every_example(tmp_path):
-    from coe_runtime.generate import Generator
+    from coe_runtime.models.generate import Generator
     from coe_runtime.step import ModelRef
 
     gen = Generator.load(ModelRef(name_or_path="tiny", seed=0), None, label_names=MELD.prompt_names)

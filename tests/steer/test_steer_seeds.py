@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from coe_runtime.labels import get_label_set
-from coe_runtime.readers import find_split_files, read_file
-from coe_runtime.seeds import load_seeds
+from coe_runtime.data.labels import get_label_set
+from coe_runtime.data.readers import find_split_files, read_file
+from coe_runtime.data.seeds import load_seeds
 from tests.support.shared import need_shared
 
 DATASETS = {"meld": ("meld", "meld"), "emorynlp": ("emorynlp", "emorynlp")}  # label set -> (folder, format)

@@ -17,10 +17,10 @@ from coe_controller.local import experiment_status
 from coe_controller.planner import plan
 from coe_controller.spec import load_spec
 
-from coe_runtime import model_store
 from coe_runtime.__main__ import main as runtime_main
 from coe_runtime.errors import ConfigError
-from coe_runtime.models import ensure_tiny
+from coe_runtime.models import hub
+from coe_runtime.models.loading import ensure_tiny
 from coe_runtime.store import MANIFEST, cache_path, get_store, join
 from tests.runtime.runtime_fixtures import write_synthetic
 
@@ -79,7 +79,7 @@ def test_a_train_step_trains_from_a_model_in_s3(tiny_in_s3, s3_root, tmp_path):
     weights = cached / "model.safetensors"
     assert (cached / "config.json").is_file() and weights.is_file()
     before = weights.stat().st_mtime_ns
-    assert model_store.model_folder(tiny_in_s3) == cached
+    assert hub.model_folder(tiny_in_s3) == cached
     assert weights.stat().st_mtime_ns == before
 
 
@@ -99,23 +99,23 @@ def test_a_corrupted_model_file_is_a_permanent_error_naming_the_uri(tiny_in_s3, 
 def test_missing_model_and_a_folder_without_config_are_permanent_errors(s3_env, s3_root, tmp_path):
     absent = join(s3_root, "models", "absent")
     with pytest.raises(ConfigError, match=f"model {absent}: .*no such artifact"):
-        model_store.model_folder(absent)
+        hub.model_folder(absent)
     store = get_store(s3_root)
     no_config = join(s3_root, "models", "weights-only")
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "model.safetensors").write_bytes(b"x" * 10)
     store.publish(tmp_path / "w", no_config, meta={"kind": "model"})
     with pytest.raises(ConfigError, match=f"model {no_config}: no config.json"):
-        model_store.model_folder(no_config)
+        hub.model_folder(no_config)
 
 
 @pytest.mark.slow
 def test_a_hub_model_is_snapshotted_once_per_experiment_and_every_step_reads_it(
     s3_env, s3_root, tmp_path, monkeypatch, capsys
 ):
-    hub = tmp_path / "hub"
-    shutil.copytree(ensure_tiny(0), hub / "test-org" / "tiny")
-    monkeypatch.setenv(model_store.LOCAL_HUB_ENV, str(hub))
+    local_hub = tmp_path / "hub"
+    shutil.copytree(ensure_tiny(0), local_hub / "test-org" / "tiny")
+    monkeypatch.setenv(hub.LOCAL_HUB_ENV, str(local_hub))
     doc = yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
     doc["metadata"]["name"] = "hub-model"
     spec_doc = doc["spec"]
@@ -145,7 +145,7 @@ def test_a_hub_model_is_snapshotted_once_per_experiment_and_every_step_reads_it(
     assert status["phase"] == "Succeeded", status
 
     # Run again: the snapshot (and everything else) is reused, the Hub is not asked again.
-    shutil.rmtree(hub)
+    shutil.rmtree(local_hub)
     capsys.readouterr()
     assert coe_ctl(["run", str(spec_path)]) == 0, capsys.readouterr()
     assert store.read_json(join(snapshot, MANIFEST))["published_at"] == manifest["published_at"]

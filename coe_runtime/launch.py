@@ -1,4 +1,4 @@
-"""``python -m coe_controller.launch [torchrun arguments]``: torchrun that exits with a code that says
+"""``python -m coe_runtime.launch [torchrun arguments]``: torchrun that exits with a code that says
 whether a retry can help.
 
 Step pods run this instead of a bare ``torchrun``. torchrun exits 1 whenever a worker fails, whatever

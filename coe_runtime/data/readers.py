@@ -1,4 +1,4 @@
-"""Readers: each benchmark's original files -> ``Dialogue`` / ``Utterance`` (coe_runtime.data).
+"""Readers: each benchmark's original files -> ``Dialogue`` / ``Utterance`` (coe_runtime.data.dialogue).
 
 Formats (documented in docs/data-formats.md):
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from coe_runtime.data import SPLITS, Dialogue, Utterance
+from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance
+from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import LabelSet, get_label_set
 from coe_runtime.step import DatasetSource
 
 FORMATS = ("meld", "emorynlp", "emorynlp-json", "jsonl", "demo")

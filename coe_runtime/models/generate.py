@@ -24,9 +24,9 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from coe_runtime.distributed import sharded
 from coe_runtime.step import GenerationSettings, ModelRef
 
 if TYPE_CHECKING:
@@ -65,27 +65,6 @@ def encode_prompt(
     if bos is not None and ids and ids[0] == bos:
         return [bos] + ids[len(ids) - (max_tokens - 1) :]
     return ids[len(ids) - max_tokens :]
-
-
-def read_examples_uri(uri: str, field: str) -> list:
-    """Examples from a file URI/path named by config field ``field``; a clear error when absent."""
-    from coe_runtime.data import read_examples
-    from coe_runtime.errors import ConfigError
-    from coe_runtime.store import materialize
-
-    path = materialize(uri)
-    if not Path(path).is_file():
-        raise ConfigError(f"{field}: {uri} does not exist (expected an example JSONL file)")
-    return read_examples(path)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -200,7 +179,7 @@ class Generator:
         label_format: str = "tag",
     ) -> Generator:
         """Base model by reference plus an adapter URI/path (None: the base model alone)."""
-        from coe_runtime.models import default_device, load_model, load_tokenizer
+        from coe_runtime.models.loading import default_device, load_model, load_tokenizer
 
         device = device or default_device()
         model = load_model(model_ref, adapter=adapter, device=device)
@@ -227,7 +206,7 @@ class Generator:
         """Outputs in the order of ``prompts``. With ``shard`` under torch.distributed, each rank
         does its share and all ranks get every output. ``on_progress(done, total)`` is called after
         every batch with this rank's counts."""
-        return _sharded(prompts, lambda mine: self._generate_local(mine, settings, on_progress), shard=shard)
+        return sharded(prompts, lambda mine: self._generate_local(mine, settings, on_progress), shard=shard)
 
     def score(
         self,
@@ -258,7 +237,7 @@ class Generator:
         empty = [a for a, ids in zip(answers, answer_ids, strict=True) if not ids]
         if empty:
             raise ValueError(f"score: answer {empty[0]!r} has no tokens")
-        return _sharded(
+        return sharded(
             prompts,
             lambda mine: self._score_local(mine, answer_ids, batch_size, method, on_progress),
             shard=shard,
@@ -499,43 +478,3 @@ class Generator:
             ).logits[:, -1, :]
             next_pos = next_pos + 1
         return new_tokens
-
-
-def _sharded(items: Sequence[Any], work: Callable[[list[Any]], list[Any]], shard: bool = True) -> list[Any]:
-    """``work`` on this rank's share of ``items`` (every ``world``-th one); under torch.distributed
-    every rank gets all results back, in the order of ``items``."""
-    rank, world = dist_info() if shard else (0, 1)
-    mine = list(range(rank, len(items), world))
-    local = work([items[i] for i in mine])
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, list(zip(mine, local, strict=True)))
-    out: list[Any] = [None] * len(items)
-    for part in gathered:
-        for i, o in part:
-            if out[i] is not None:
-                raise RuntimeError(f"generation shard overlap at prompt {i}")
-            out[i] = o
-    missing = [i for i, o in enumerate(out) if o is None]
-    if missing:
-        raise RuntimeError(f"generation shards missed prompts {missing[:10]}")
-    return out
-
-
-def init_distributed() -> None:
-    """Join the process group when launched by torchrun with several processes (WORLD_SIZE > 1),
-    so the generator shards the work instead of every rank generating everything; no-op otherwise."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_available() and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -30,7 +30,7 @@ from typing import Any
 from coe_runtime.errors import DataError
 
 CLUE_FILE_VERSION = 1
-DEMO_CLUES = Path(__file__).resolve().parent / "demo" / "clues.json"
+DEMO_CLUES = Path(__file__).resolve().parent.parent / "demo" / "clues.json"
 
 
 def dialogue_key(split: str, dialogue_id: str) -> str:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coe_runtime.errors import DataError
+from coe_runtime.errors import ConfigError, DataError
+from coe_runtime.store import materialize
 
 SPLITS = ("train", "dev", "test")
 TASKS = ("erc", "roleplay", "speaker_id", "steer")
@@ -108,3 +109,11 @@ def iter_examples(path: str | Path) -> Iterator[Example]:
 
 def read_examples(path: str | Path) -> list[Example]:
     return list(iter_examples(path))
+
+
+def read_examples_uri(uri: str, field: str) -> list:
+    """Examples from a file URI/path named by config field ``field``; a clear error when absent."""
+    path = materialize(uri)
+    if not Path(path).is_file():
+        raise ConfigError(f"{field}: {uri} does not exist (expected an example JSONL file)")
+    return read_examples(path)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from rapidfuzz.distance import Levenshtein
 
-from coe_runtime.labels import LabelSet
+from coe_runtime.data.labels import LabelSet
 
 TAG_RE = re.compile(r"<\s*([A-Za-z][A-Za-z _-]*?)\s*>")
 PARSE_METHODS = ("tag", "label", "synonym", "fuzzy", "none")

@@ -3,7 +3,7 @@
 Metrics are always computed on the dataset's own label set (stated in ``metrics.json``);
 prompt names are only what the model reads and writes. Each set also lists, per label, the
 common synonyms and inflections an answer may use instead (``joy`` / ``happy`` for MELD's joy,
-``angry`` for EmoryNLP's Mad): :mod:`coe_runtime.answers` reads them, as whole words.
+``angry`` for EmoryNLP's Mad): :mod:`coe_runtime.data.answers` reads them, as whole words.
 """
 
 from __future__ import annotations

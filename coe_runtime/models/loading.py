@@ -1,5 +1,5 @@
 """Load causal LMs and their tokenizers: Hugging Face ids, model folders in the store (``s3://``,
-``file://``) and local paths (coe_runtime.model_store), and two built-in names.
+``file://``) and local paths (coe_runtime.models.hub), and two built-in names.
 
 * ``tiny``: a two-layer Llama-architecture model with random weights (a deterministic function of
   ``ModelRef.seed``) and a byte-level BPE tokenizer trained locally on a fixed built-in corpus.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe_runtime.errors import ConfigError
-from coe_runtime.model_store import is_hub_id, model_folder
+from coe_runtime.models.hub import is_hub_id, model_folder
 from coe_runtime.store import cache_dir
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the controller imports this package too
@@ -224,7 +224,7 @@ def resolve_model_path(ref: ModelRef) -> str:
 
     Built-in names are built/converted on first use; a store URI (``s3://``, ``file://``) is
     fetched through the node-local cache and verified against its manifest; a local path must be a
-    model folder (coe_runtime.model_store).
+    model folder (coe_runtime.models.hub).
     """
     if ref.name_or_path == TINY:
         return str(ensure_tiny(ref.seed))

@@ -26,10 +26,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coe_runtime.clue_file import Clues
-from coe_runtime.data import Dialogue
+from coe_runtime.data.clue_file import Clues
+from coe_runtime.data.dialogue import Dialogue
+from coe_runtime.data.labels import LabelSet
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import LabelSet
 
 PROMPT_TASKS = ("erc", "steer", "roleplay", "speaker_id")
 # How the ERC answer is written (coe_runtime.step.LabelFormat): ``tag`` = ``<joy>``, ``word`` = `` joy``.

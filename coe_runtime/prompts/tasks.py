@@ -1,4 +1,4 @@
-"""Task builders: dialogues (+ clues, + seeds) -> uniform :class:`coe_runtime.data.Example` lists.
+"""Task builders: dialogues (+ clues, + seeds) -> uniform :class:`coe_runtime.data.dialogue.Example` lists.
 
 =========== ==================================================== ===========================
 task        prompt                                               target
@@ -21,12 +21,19 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from coe_runtime.clue_file import Clues
-from coe_runtime.data import TASKS, Dialogue, Example
+from coe_runtime.data.clue_file import Clues
+from coe_runtime.data.dialogue import TASKS, Dialogue, Example
+from coe_runtime.data.labels import LabelSet
+from coe_runtime.data.seeds import Seed
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import LabelSet
-from coe_runtime.prompts import CountTokens, PromptBudgetError, build_prompt, clean, erc_target, steer_target
-from coe_runtime.seeds import Seed
+from coe_runtime.prompts.builder import (
+    CountTokens,
+    PromptBudgetError,
+    build_prompt,
+    clean,
+    erc_target,
+    steer_target,
+)
 
 MEMORY = "memory"
 POOL = "pool"

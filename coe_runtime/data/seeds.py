@@ -8,7 +8,7 @@ Format: JSON Lines, one seed per line::
 Seeds are keyed by utterance id, never by text: prompts are rebuilt from the user's own copy of
 the data, so no dataset text is stored with the seeds. When the STEeR memory is built the label
 set's prompt name is appended as a tag (``... <joyful>``), so the same seeds serve either label
-naming. Bundled seed files live in ``coe_runtime/seeds/<label set>.jsonl``.
+naming. Bundled seed files live in ``coe_runtime/data/seeds/<label set>.jsonl``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from coe_runtime.data.labels import get_label_set
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.labels import get_label_set
 
 _TRAILING_TAG_RE = re.compile(r"<\s*[A-Za-z][A-Za-z _-]*\s*>\s*$")
 SEEDS_DIR = Path(__file__).resolve().parent / "seeds"

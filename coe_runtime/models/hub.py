@@ -2,7 +2,7 @@
 
 ``base_model.name_or_path`` is one of:
 
-* a built-in name (``tiny``, ``smollm2-135m-gguf``: built by coe_runtime.models, no network);
+* a built-in name (``tiny``, ``smollm2-135m-gguf``: built by coe_runtime.models.loading, no network);
 * a **store URI** (``s3://bucket/models/mistral-7b``, ``file:///…``): a model folder in the store,
   published with a ``MANIFEST.json`` (sha256 per file) by ``coe-ctl artifacts upload-model`` or by
   a ``model`` step. It is fetched through the node-local cache (``$COE_CACHE_DIR``), every file
@@ -55,7 +55,7 @@ from coe_runtime.store import (
     sha256_file,
 )
 
-# Names coe_runtime.models builds itself (kept in step with its TINY / SMOLLM2_GGUF; a test checks).
+# Names coe_runtime.models.loading builds itself (kept in step with its TINY / SMOLLM2_GGUF; a test checks).
 BUILTIN_MODELS = ("tiny", "smollm2-135m-gguf")
 LOCAL_HUB_ENV = "COE_HF_LOCAL_HUB"  # test hook: a folder that stands in for the Hub
 MODEL_KIND = "model"  # manifest meta "kind" of a model folder

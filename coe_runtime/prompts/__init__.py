@@ -1,0 +1,1 @@
+"""Prompts: the builder (sections, length budget, ERC targets) and the task examples built from it."""
