@@ -5,9 +5,13 @@ Everything here is written against ``Store`` and ``get_store``; it works the sam
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -62,7 +66,29 @@ def materialize(uri: str) -> Path:
     uri = normalize_uri(uri).rstrip("/")
     if urlparse(uri).scheme == "file":
         return FileStore._path(uri)
-    return download(uri, cache_path(uri), cache=True).path
+    with artifact_lock(uri):
+        return download(uri, cache_path(uri), cache=True).path
+
+
+@contextlib.contextmanager
+def artifact_lock(uri: str) -> Iterator[None]:
+    """Hold the cache's lock on ``uri`` (an exclusive ``flock`` on a file under ``<cache>/locks``).
+
+    The cache may be shared: a node-local volume mounted at ``$COE_CACHE_DIR`` serves every pod on
+    the node. Pods that start together would otherwise each fetch the whole base model; with the
+    lock the first one downloads and the others wait, then find every file intact (checked against
+    the manifest) and fetch nothing. The kernel drops the lock when its holder dies, so a killed pod
+    never leaves the cache locked.
+    """
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / (hashlib.sha256(uri.encode()).hexdigest()[:32] + ".lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def download(uri: str, dest: str | Path, cache: bool = False) -> Transfer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from coe_runtime.errors import StoreError
@@ -85,3 +87,58 @@ def test_file_uris_are_used_in_place(tmp_path):
     (tmp_path / "a.json").write_text("{}")
     assert materialize(str(tmp_path / "a.json")) == tmp_path / "a.json"
     assert materialize(f"file://{tmp_path}") == tmp_path
+
+
+_MATERIALIZE_WHEN_TOLD = """
+import json, sys, time
+from pathlib import Path
+from coe_runtime.store import get_store, materialize
+
+uri, go = sys.argv[1], Path(sys.argv[2])
+store = get_store(uri)
+fetched = []
+store.client.meta.events.register(
+    "provide-client-params.s3.GetObject", lambda params, **_: fetched.append(params["Key"])
+)
+while not go.exists():
+    time.sleep(0.005)
+path = materialize(uri)
+print(json.dumps({"path": str(path), "fetched": [k for k in fetched if not k.endswith("MANIFEST.json")]}))
+"""
+
+
+def test_pods_sharing_a_node_cache_download_a_model_once(s3_env, s3_root, tmp_path):
+    # Two pods on one node start together with the same node-local volume at $COE_CACHE_DIR: the
+    # cache's per-artifact lock lets one download while the other waits, then finds every file intact.
+    import json
+    import subprocess
+    import sys
+
+    store = get_store(s3_root)
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(bytes(range(256)) * (32 * 1024))  # 8 MiB
+    (src / "config.json").write_text('{"model_type": "llama"}')
+    model = join(s3_root, "node-cache-model")
+    store.publish(src, model)
+    go = tmp_path / "go"
+    pods = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MATERIALIZE_WHEN_TOLD, model, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(1.5)  # both have imported boto3 and are polling for the signal
+    go.touch()
+    results = []
+    for pod in pods:
+        out, err = pod.communicate(timeout=120)
+        assert pod.returncode == 0, err
+        results.append(json.loads(out))
+    assert {r["path"] for r in results} == {str(cache_path(model))}
+    fetched = sorted(k.rsplit("/", 1)[-1] for r in results for k in r["fetched"])
+    assert fetched == ["config.json", "model.safetensors"], fetched  # once in all, not once per pod
+    assert (cache_path(model) / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
