@@ -160,6 +160,120 @@ def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return rows
 
 
+PAIRED_HEADER = (
+    "arm",
+    "seed pairs",
+    "Δ test wF1 [95% CI]",
+    "Δ test acc [95% CI]",
+    "bootstrap p",
+    "McNemar p (only arm / only ref right)",
+    "Holm-adjusted p",
+    "verdict",
+)
+
+
+def fmt_delta(d: Mapping[str, Any] | None) -> str:
+    return DASH if not d else f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None:
+        return DASH
+    return "< 0.0001" if float(p) < 0.0001 else f"{float(p):.4f}"
+
+
+def paired_rows(paired: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in paired.get("rows") or []:
+        mc = r.get("mcnemar") or {}
+        pairs = r.get("pairs") or []
+        rows.append(
+            [
+                r["arm"],
+                ", ".join(f"{p['seed']}/{p['reference_seed']}" for p in pairs) or DASH,
+                fmt_delta(r.get("weighted_f1")),
+                fmt_delta(r.get("accuracy")),
+                fmt_p((r.get("weighted_f1") or {}).get("p_value")),
+                f"{fmt_p(mc.get('p_value'))} ({fmt_int(mc.get('a_only'))} / {fmt_int(mc.get('b_only'))})"
+                if mc
+                else DASH,
+                fmt_p(r.get("holm_p")),
+                r.get("verdict") or DASH,
+            ]
+        )
+    return rows
+
+
+def mde_line(paired: Mapping[str, Any]) -> str | None:
+    mde = paired.get("mde")
+    if not mde:
+        return None
+    return (
+        f"Smallest effect this table can detect (power {mde['power']:.0%}, two-sided α {mde['alpha']:g}, paired): "
+        f"MDE = (z(1 − α/2) + z(power)) × SE = {mde['factor']:.2f} × {mde['se_median']:.2f} = "
+        f"**{mde['weighted_f1']:.2f} points** of test weighted F1, SE being the median bootstrap standard "
+        f"error of the {mde['comparisons']} paired differences (range {mde['se_min']:.2f}–{mde['se_max']:.2f}); "
+        f"at Holm's first step (α/{mde['comparisons']}) {mde['factor_first_holm_step']:.2f} × SE = "
+        f"{mde['weighted_f1_first_holm_step']:.2f} points. A true difference smaller than this is missed "
+        "more often than one time in five."
+    )
+
+
+def render_paired(paired: Mapping[str, Any]) -> list[str]:
+    ref = paired.get("reference", "erc-only")
+    runs = ", ".join(f"{r['run']} (seed {r['seed']})" for r in paired.get("reference_runs") or [])
+    out = [f"### Paired against {ref}", ""]
+    out.append(
+        f"Each arm minus `{ref}` on the same {fmt_int(paired.get('n'))} test utterances ({fmt_int(paired.get('dialogues'))} "
+        f"dialogues). Δ: the difference in points, averaged over the arm's seed pairs (arm seed / {ref} seed: "
+        f"the {ref} run of the same seed, else its first run; {ref} runs: {runs or DASH}); interval and "
+        f"bootstrap p: {fmt_int(paired.get('resamples'))} resamples of whole dialogues (seed {paired.get('seed', DASH)}), "
+        "the same dialogues for both arms. McNemar: exact test on per-utterance correctness of the first seed "
+        "pair. Holm: the bootstrap p-values of weighted F1 corrected across the arms compared; the verdict "
+        "reads the Holm-adjusted p at 0.05."
+    )
+    out.append("")
+    rows = paired_rows(paired)
+    if rows:
+        out += _table(PAIRED_HEADER, rows)
+    else:
+        out.append("No other arm has been scored on test yet.")
+    out.append("")
+    line = mde_line(paired)
+    if line:
+        out += [line, ""]
+    if paired.get("pending"):
+        out += [f"Not scored yet: {', '.join(paired['pending'])}.", ""]
+    if paired.get("skipped"):
+        out += [f"Not comparable (other test utterances or gold labels): {', '.join(paired['skipped'])}.", ""]
+    return out
+
+
+def fmt_mean_sd(stat: Mapping[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return DASH
+    sd = stat.get("sd")
+    return f"{stat['mean']:.2f} ± {sd:.2f}" if sd is not None else f"{stat['mean']:.2f} (one seed)"
+
+
+def seed_rows(seeds: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    rows = []
+    for s in seeds:
+        runs = s.get("runs") or []
+        scored = sum(1 for r in runs if r.get("scored"))
+        rows.append(
+            [
+                s["arm"],
+                ", ".join(f"{r['seed']}" + ("" if r.get("scored") else " (pending)") for r in runs),
+                f"{scored} of {len(runs)}",
+                fmt_mean_sd(s.get("test_weighted_f1")),
+                fmt_mean_sd(s.get("test_accuracy")),
+                fmt_mean_sd(s.get("dev_weighted_f1")),
+            ]
+        )
+    return rows
+
+
 def render_section(section: Mapping[str, Any]) -> str:
     """One dataset's part of RESULTS.md.
 
@@ -201,6 +315,26 @@ def render_section(section: Mapping[str, Any]) -> str:
             + ".",
             "",
         ]
+    if section.get("seeds"):
+        out += ["### Seeds", ""]
+        out += _table(
+            [
+                "arm",
+                "optimizer seeds",
+                "scored",
+                "test wF1 mean ± sd",
+                "test acc mean ± sd",
+                "dev wF1 mean ± sd",
+            ],
+            seed_rows(section["seeds"]),
+        )
+        out += [
+            "",
+            "Mean and sample standard deviation over the arm's scored seeds (the repeats' own rows are in the table above).",
+            "",
+        ]
+    if section.get("paired"):
+        out += render_paired(section["paired"])
     labels = section.get("labels") or []
     pc = per_class_rows(labels, arms, baselines)
     if pc:

@@ -4,7 +4,9 @@
     python -m bench.quality.run --dataset meld --report-only
 
 Every arm is one ``CoEExperiment`` spec in ``bench/quality/<dataset>/``; the arms run in
-:data:`ARM_ORDER` (the clue arm first: it writes the shared clue cache the later arms read).
+:data:`ARM_ORDER` (erc-only first; the clue arm before the arms that read its shared clue cache),
+seed repeats (:data:`REPEAT_LABEL`) last. The report pairs every arm with erc-only on the same
+test utterances (:func:`paired_comparisons`) and folds repeats into their arm (mean ± sd).
 Resumable: each arm runs through :class:`coe_controller.local.LocalExecutor`, which skips every
 step already published in the store and redoes an interrupted one, so the runner can be killed
 and restarted at any point. RESULTS.md is rewritten from the store after every arm, so it always
@@ -23,7 +25,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -38,26 +42,67 @@ if str(REPO) not in sys.path:  # `python bench/quality/run.py` as well as `-m be
 from bench.quality import baselines as bl  # noqa: E402
 from bench.quality.evidence import rationale_samples, snapshot_arm  # noqa: E402
 from bench.quality.report import render_results  # noqa: E402
-from bench.quality.stats import bootstrap_intervals  # noqa: E402
+from bench.quality.stats import (  # noqa: E402
+    bootstrap_intervals,
+    dialogue_of,
+    holm,
+    mcnemar,
+    mde_factor,
+    paired_bootstrap,
+)
 from coe_runtime.errors import CoEError, ConfigError, DataError  # noqa: E402
 
 BENCH_DIR = REPO / "bench" / "quality"
 RESULTS = BENCH_DIR / "RESULTS.md"
 SNAPSHOT_DIR = "runs"  # evidence copied beside RESULTS.md: runs/<dataset>/<arm>/
 DATASETS = ("meld", "emorynlp")
-# Run order and table order; the clue arm runs before the other clue users (cache writer first).
-ARM_ORDER = ("erc-only", "clues", "steer", "full-curriculum", "mixed-auxiliary")
+# The arms every dataset has (and the cluster specs in manifests/examples/quality-*.yaml).
+CORE_ARMS = ("erc-only", "clues", "steer", "full-curriculum", "mixed-auxiliary")
+# Run order and table order: erc-only first (the reference every arm is paired against), the clue
+# arm before the other users of its cache (cache writer first), the controls after the curriculum
+# arms. Seed repeats (REPEAT_LABEL) run after every other arm, whatever their name.
+ARM_ORDER = (
+    "erc-only",
+    "clues",
+    "clues-no-future",
+    "steer",
+    "full-curriculum",
+    "mixed-auxiliary",
+    "erc-only-matched",
+)
+REFERENCE_ARM = "erc-only"
 # A spec may name its arm with this label (the cluster specs do); else the file name is the arm.
 ARM_LABEL = "coe.ml/arm"
+# A seed repeat names the arm it repeats; it may differ from that arm only in optimizer.seed, and
+# the report folds it into that arm (mean +- sd over seeds, per-seed pairing).
+REPEAT_LABEL = "coe.ml/arm-of"
+# The compute-matched control names the arm whose stages before ERC it makes up for with extra
+# ERC training: its ERC stage may differ from the reference arm's in epochs only, and only by the
+# optimiser steps those stages cost (checked by check_same_budget, see compute_matched_steps).
+MATCHED_LABEL = "coe.ml/compute-matched-to"
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+PAIRED_RESAMPLES = 10000  # the paired (dialogue) bootstrap: p-values down to 2/10001 for Holm
+ALPHA = 0.05  # family-wise level of the paired comparisons (Holm)
+POWER = 0.8  # power at which the minimum detectable effect is stated
 
 
 @dataclass
 class Arm:
-    name: str  # the spec file's stem, e.g. "steer"
+    name: str  # the spec file's stem, e.g. "steer" (or its ARM_LABEL)
     spec_path: Path
     spec: Any  # coe_controller.spec.CoEExperiment (paths resolved, data files bound)
+    repeat_of: str | None = None  # a seed repeat: the arm it repeats (REPEAT_LABEL)
+    matched_to: str | None = None  # the compute-matched control: whose earlier stages it matches
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec.spec.optimizer.seed)
+
+    @property
+    def base(self) -> str:
+        """The arm this run is a seed of (itself unless it is a repeat)."""
+        return self.repeat_of or self.name
 
 
 def default_data_dir() -> Path:
@@ -85,6 +130,11 @@ def arm_sort_key(name: str) -> tuple[int, str]:
     return (ARM_ORDER.index(name) if name in ARM_ORDER else len(ARM_ORDER), name)
 
 
+def _run_order(arm: Arm) -> tuple:
+    """Every arm in ARM_ORDER, then seed repeats (in their arm's order, then by name)."""
+    return (arm.repeat_of is not None, *arm_sort_key(arm.base), arm.name)
+
+
 def load_arms(
     spec_dir: Path,
     data_dir: Path,
@@ -108,10 +158,19 @@ def load_arms(
                     update={"cache": store.rstrip("/") + "/" + clues.cache.rstrip("/").rsplit("/", 1)[-1]}
                 )
                 spec = spec.model_copy(update={"spec": spec.spec.model_copy(update={"clues": cache})})
-        name = spec.metadata.labels.get(ARM_LABEL, path.stem)
+        labels = spec.metadata.labels
+        name = labels.get(ARM_LABEL, path.stem)
         if not only or name in only:
-            arms.append(Arm(name, path, bind_data_files(spec, data_dir)))
-    arms.sort(key=lambda a: arm_sort_key(a.name))
+            arms.append(
+                Arm(
+                    name,
+                    path,
+                    bind_data_files(spec, data_dir),
+                    labels.get(REPEAT_LABEL),
+                    labels.get(MATCHED_LABEL),
+                )
+            )
+    arms.sort(key=_run_order)
     if only and sorted(set(only)) != sorted({a.name for a in arms}):
         raise ConfigError(
             f"--arms {sorted(only)}: some are not arms in {spec_dir} (found {[a.name for a in arms]})"
@@ -119,31 +178,176 @@ def load_arms(
     return arms
 
 
+def _budget_key(a: Arm) -> dict:
+    s = a.spec.spec
+    return {
+        "base_model": s.base_model.model_dump(),
+        "dataset": s.dataset.model_dump(),
+        "lora": s.lora.model_dump(),
+        "optimizer": s.optimizer.model_dump(),
+        "erc": s.training.erc.model_dump(),
+        "evaluation": s.evaluation.model_dump(),
+    }
+
+
 def check_same_budget(arms: Sequence[Arm]) -> None:
-    """Every arm must share base model, data subset and prompt settings (what makes the table fair)."""
+    """Every arm must share base model, data subset and prompt settings (what makes the table fair).
 
-    def key(a: Arm) -> dict:
-        s = a.spec.spec
-        return {
-            "base_model": s.base_model.model_dump(),
-            "dataset": s.dataset.model_dump(),
-            "lora": s.lora.model_dump(),
-            "optimizer": s.optimizer.model_dump(),
-            "erc": s.training.erc.model_dump(),
-            "evaluation": s.evaluation.model_dump(),
-        }
-
+    Two deliberate exceptions, each declared by a label and checked here: a seed repeat
+    (REPEAT_LABEL) must equal the arm it repeats in everything but ``optimizer.seed``, and that seed
+    must differ from the arm's and its other repeats'; the compute-matched control (MATCHED_LABEL)
+    may differ from the first arm in the ERC stage's epochs only, by exactly the optimiser steps the
+    named arm's stages before ERC cost (:func:`compute_matched_steps`). Any other difference is refused.
+    """
     if not arms:
         return
-    first = key(arms[0])
-    for a in arms[1:]:
-        k = key(a)
+    by_name = {a.name: a for a in arms}
+    arms_proper = [a for a in arms if a.repeat_of is None]
+    if not arms_proper:
+        raise ConfigError(
+            f"{arms[0].spec_path}: every arm here is a seed repeat ({REPEAT_LABEL}); none is the arm"
+        )
+    reference = arms_proper[0]
+    first = _budget_key(reference)
+    for a in arms_proper[1:]:
+        k = _budget_key(a)
         diff = sorted(field for field in first if first[field] != k[field])
+        if a.matched_to is not None:
+            check_compute_matched(a, reference, by_name)
+            diff = [d for d in diff if d != "erc"]
         if diff:
             raise ConfigError(
-                f"{a.spec_path}: arm differs from {arms[0].spec_path.name} in {diff}; every arm must share the "
+                f"{a.spec_path}: arm differs from {reference.spec_path.name} in {diff}; every arm must share the "
                 "base model, data subset, prompt settings, LoRA, optimizer, ERC budget and evaluation"
             )
+    seeds: dict[str, dict[int, str]] = {a.name: {a.seed: a.name} for a in arms_proper}
+    for a in arms:
+        if a.repeat_of is None:
+            continue
+        base = by_name.get(a.repeat_of)
+        if base is None or base.repeat_of is not None:
+            raise ConfigError(
+                f"{a.spec_path}: a seed repeat of {a.repeat_of!r} ({REPEAT_LABEL}), which is not an arm here "
+                f"(arms: {[b.name for b in arms_proper]})"
+            )
+        mine, theirs = a.spec.spec.model_dump(), base.spec.spec.model_dump()
+        mine["optimizer"].pop("seed")
+        theirs["optimizer"].pop("seed")
+        diff = sorted(
+            {f for f in mine if f != "optimizer" and mine[f] != theirs[f]}
+            | {f"optimizer.{f}" for f in mine["optimizer"] if mine["optimizer"][f] != theirs["optimizer"][f]}
+        )
+        if diff:
+            raise ConfigError(
+                f"{a.spec_path}: a seed repeat of {base.name} may differ from it only in optimizer.seed; "
+                f"it differs in {diff}"
+            )
+        taken = seeds[base.name]
+        if a.seed in taken:
+            raise ConfigError(
+                f"{a.spec_path}: a seed repeat of {base.name} with optimizer.seed {a.seed}, the seed of "
+                f"{taken[a.seed]}; a repeat needs a seed of its own"
+            )
+        taken[a.seed] = a.name
+
+
+def steps_per_epoch(spec: Any, stage: str, examples: int) -> int:
+    """Optimiser steps of one epoch of a training stage on ``examples`` examples, as the Trainer
+    counts them: ``ceil(ceil(ceil(examples / processes) / batch) / accumulation)``, at least 1."""
+    s = spec.spec
+    st = getattr(s.training, stage)
+    batch = st.per_device_batch_size or s.optimizer.per_device_batch_size
+    accumulation = st.gradient_accumulation_steps or s.optimizer.gradient_accumulation_steps
+    per_rank = math.ceil(examples / s.resources.procs_per_node)
+    return max(1, math.ceil(math.ceil(per_rank / batch) / accumulation))
+
+
+def planned_train_steps(spec: Any, stage: str, examples: int) -> int:
+    """Optimiser steps a training stage takes: ``ceil(epochs * steps_per_epoch)`` (the Trainer's
+    count), or the stage's ``maxSteps`` when set."""
+    st = getattr(spec.spec.training, stage)
+    if st.max_steps:
+        return int(st.max_steps)
+    return math.ceil(st.epochs * steps_per_epoch(spec, stage, examples))
+
+
+def _seed_rationales(spec: Any) -> int:
+    from coe_runtime.data.seeds import load_seeds
+
+    return len(load_seeds(spec.spec.dataset.label_set.name, spec.spec.steer.seed_file))
+
+
+def compute_matched_steps(spec: Any) -> list[tuple[str, int, int]]:
+    """``(stage, examples, optimiser steps)`` of each training stage before ERC in ``spec``'s
+    curriculum, from its settings alone: role-play and speaker-ID train on ``maxTrainExamples``
+    examples each (every MELD / EmoryNLP training split has more utterances than that); STEeR
+    counts its first round, which trains on the seed rationales (later rounds run only when a
+    round accepts enough, and their memory is not known before the run); the mixed stage trains on
+    role-play + speaker-ID + the seed memory. Generation (clues, STEeR pools) is not training and
+    is not counted."""
+    s = spec.spec
+    n = s.dataset.max_train_examples
+    if not n:
+        raise ConfigError(
+            f"{spec.name}: the compute-matched control needs dataset.maxTrainExamples (0 = all: the example "
+            "count is then not known from the settings)"
+        )
+    out = []
+    for stage in s.stage_order:
+        if stage == "erc":
+            break
+        if stage in ("roleplay", "speaker_id"):
+            examples = n
+        elif stage == "steer":
+            examples = _seed_rationales(spec)
+        elif stage == "mixed":
+            examples = 2 * n + _seed_rationales(spec)
+        else:
+            raise ConfigError(f"{spec.name}: no step count for stage {stage!r}")
+        out.append((stage, examples, planned_train_steps(spec, stage, examples)))
+    return out
+
+
+def epochs_for_steps(steps: int, per_epoch: int) -> float:
+    """The shortest decimal ``epochs`` with ``ceil(epochs * per_epoch) == steps`` (what to write in a spec)."""
+    for digits in range(1, 9):
+        scale = 10**digits
+        epochs = math.floor(steps / per_epoch * scale) / scale
+        if epochs > 0 and math.ceil(epochs * per_epoch) == steps:
+            return epochs
+    return steps / per_epoch
+
+
+def check_compute_matched(arm: Arm, reference: Arm, by_name: dict[str, Arm]) -> None:
+    """``arm`` (MATCHED_LABEL) must train ERC for ``reference``'s ERC steps plus what the named
+    arm's stages before ERC cost, with every other ERC setting as ``reference``'s."""
+    target = by_name.get(arm.matched_to or "")
+    if target is None:
+        raise ConfigError(
+            f"{arm.spec_path}: compute-matched to {arm.matched_to!r} ({MATCHED_LABEL}), which is not an arm here"
+        )
+    mine = arm.spec.spec.training.erc.model_dump()
+    theirs = reference.spec.spec.training.erc.model_dump()
+    other = sorted(f for f in mine if f != "epochs" and mine[f] != theirs[f])
+    if other:
+        raise ConfigError(
+            f"{arm.spec_path}: the compute-matched control may differ from {reference.spec_path.name} in "
+            f"training.erc.epochs only; it differs in training.erc {other}"
+        )
+    n = reference.spec.spec.dataset.max_train_examples
+    stages = compute_matched_steps(target.spec)
+    extra = sum(steps for _, _, steps in stages)
+    base = planned_train_steps(reference.spec, "erc", n)
+    have = planned_train_steps(arm.spec, "erc", n)
+    if have != base + extra:
+        per_epoch = steps_per_epoch(arm.spec, "erc", n)
+        detail = " + ".join(f"{stage} {steps}" for stage, _, steps in stages)
+        raise ConfigError(
+            f"{arm.spec_path}: compute-matched to {target.name}, so its ERC stage must take {base} + {extra} "
+            f"({detail}) = {base + extra} optimiser steps; training.erc.epochs "
+            f"{arm.spec.spec.training.erc.epochs:g} gives {have} (write epochs: "
+            f"{epochs_for_steps(base + extra, per_epoch):g})"
+        )
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -247,6 +451,9 @@ def collect_arm(
     pending = [v.name for v in state.steps if not v.done]
     out: dict[str, Any] = {
         "arm": arm.name,
+        "seed": arm.seed,
+        "repeat_of": arm.repeat_of,
+        "matched_to": arm.matched_to,
         "experiment": spec.name,
         "strategy": spec.spec.strategy,
         "stages": list(spec.spec.stage_order),
@@ -320,6 +527,8 @@ def collect_arm(
             )
         }
         out["test_ids"] = [p["id"] for p in preds]
+        # For the paired comparisons (build_section drops it before the section is written).
+        out["_predictions"] = {p["id"]: (p["gold"], p["parsed_label"]) for p in preds}
         ci = bootstrap_intervals(
             [p["gold"] for p in preds],
             [p["parsed_label"] for p in preds],
@@ -365,22 +574,62 @@ def test_utterances(
 ) -> tuple[list[str] | None, str | None]:
     """The test utterance ids the arms are scored on (from the first published prepare step);
     ``states``: the arms' experiment states, when already observed."""
+    rows, source = prepared_rows(arms, "erc-test.jsonl", states)
+    if rows is None:
+        return None, None
+    return [r["meta"]["uid"] for r in rows], source
+
+
+def prepared_rows(
+    arms: Sequence[Arm], name: str, states: Sequence[Any] | None = None
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The rows of a prepared file (e.g. ``erc-test.jsonl``) of the first arm whose prepare step is
+    published, and that arm's name; ``(None, None)`` when none is."""
     from coe_runtime.store import get_store
 
     for i, arm in enumerate(arms):
         state = states[i] if states is not None else observe_arm(arm)
-        uri = _prepared(state, "erc-test.jsonl")
+        uri = _prepared(state, name)
         if uri is not None:
-            rows = get_store(uri).read_jsonl(uri)
-            return [r["meta"]["uid"] for r in rows], arm.name
+            return get_store(uri).read_jsonl(uri), arm.name
     return None, None
 
 
+def test_dialogues(rows: Sequence[dict[str, Any]] | None) -> dict[str, str]:
+    """Prediction id -> dialogue id, from the prepared test rows (``id`` is the prediction's id,
+    ``meta.dialogue_id`` its dialogue); the paired bootstrap resamples these dialogues."""
+    out: dict[str, str] = {}
+    for r in rows or []:
+        meta = r.get("meta") or {}
+        ex_id = r.get("id") or f"erc:{meta.get('uid')}"
+        out[ex_id] = meta.get("dialogue_id") or dialogue_of(ex_id)
+    return out
+
+
+def arms_training_uids(src: Any, train_dialogues: Sequence[Any]) -> list[str]:
+    """The training utterances the arms' ERC stage trains on, chosen as prepare chooses them
+    (dialogue subset, then the stratified ``maxTrainExamples`` subset by label, same seed) — for
+    when no prepare step is published yet to read them from."""
+    from types import SimpleNamespace
+
+    from coe_runtime.prompts.tasks import subset_dialogues, subset_examples
+
+    dialogues = subset_dialogues(train_dialogues, src.max_dialogues, src.subset_seed)
+    stand_ins = [SimpleNamespace(uid=u.uid, meta={"label": u.label}) for d in dialogues for u in d.utterances]
+    return [x.uid for x in subset_examples(stand_ins, src.max_train_examples, src.subset_seed)]
+
+
 def compute_baselines(
-    arm: Arm, test_uids: Sequence[str] | None, train: str = "full", cache_uri: str | None = None
+    arm: Arm,
+    test_uids: Sequence[str] | None,
+    train: str = "full",
+    cache_uri: str | None = None,
+    train_uids: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Majority class and TF-IDF+LR, fitted on the training split (``full``, or ``arms``: the
-    arms' dialogue subset) and scored on ``test_uids`` (None: the whole test split)."""
+    """Majority class and TF-IDF+LR, scored on ``test_uids`` (None: the whole test split) and
+    fitted on the full training split (``train="full"``) or on the arms' ERC training examples
+    (``"arms"``: ``train_uids``, read from a published prepare step, else chosen as prepare would
+    choose them; keys get an ``_arms`` suffix)."""
     from coe_runtime.data.labels import get_label_set
     from coe_runtime.data.readers import load_split
     from coe_runtime.metrics import compute_metrics
@@ -391,16 +640,21 @@ def compute_baselines(
     ls = src.label_set
     label_set = get_label_set(ls.name, ls.naming, ls.custom_prompt_names or None)
     settings = bl.tfidf_settings(ls.name)
+    if train not in ("full", "arms"):
+        raise ConfigError(f"baselines: train must be 'full' or 'arms', got {train!r}")
+    arms = train == "arms"
     key_obj = {
         "files": {k: [Path(v).name, Path(v).stat().st_size] for k, v in src.files.items()},
         "train": train,
-        "max_dialogues": src.max_dialogues if train == "arms" else 0,
+        "max_dialogues": src.max_dialogues if arms else 0,
+        "max_train_examples": src.max_train_examples if arms else 0,
         "subset_seed": src.subset_seed,
+        "train_uids": hashlib.sha256("\n".join(train_uids or []).encode()).hexdigest() if arms else None,
         "settings": settings,
         "test": hashlib.sha256("\n".join(test_uids or []).encode()).hexdigest(),
         "resamples": BOOTSTRAP_RESAMPLES,
         "seed": BOOTSTRAP_SEED,
-        "version": 1,
+        "version": 2,
     }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:16]
     if cache_uri:
@@ -409,9 +663,23 @@ def compute_baselines(
         if store.exists(uri):
             return store.read_json(uri)
     train_dialogues = load_split(src, "train")
-    if train == "arms":
+    if arms:
         train_dialogues = subset_dialogues(train_dialogues, src.max_dialogues, src.subset_seed)
     train_texts = bl.utterances_of(train_dialogues)
+    if arms and (train_uids is not None or src.max_train_examples):
+        keep = set(train_uids if train_uids is not None else arms_training_uids(src, train_dialogues))
+        pick = [i for i, uid in enumerate(train_texts.ids) if uid in keep]
+        if len(pick) != len(keep):
+            raise DataError(
+                str(src.files.get("train")),
+                None,
+                f"{len(keep) - len(pick)} of the arms' training utterances are not in the training split",
+            )
+        train_texts = bl.LabelledTexts(
+            [train_texts.texts[i] for i in pick],
+            [train_texts.labels[i] for i in pick],
+            [train_texts.ids[i] for i in pick],
+        )
     test_all = bl.utterances_of(load_split(src, "test"))
     if test_uids is not None:
         where = {uid: i for i, uid in enumerate(test_all.ids)}
@@ -429,15 +697,17 @@ def compute_baselines(
     else:
         test = test_all
     results = []
+    fitted_on = ", arms' training examples" if arms else ""
+    suffix = "_arms" if arms else ""
     for name, key_name, predict in (
         (
-            "majority class",
-            "majority",
+            f"majority class{fitted_on}",
+            f"majority{suffix}",
             lambda: bl.majority_predict(train_texts.labels, len(test.texts), label_set.labels),
         ),
         (
-            f"TF-IDF (1-2-grams) + LR{' (class-balanced)' if settings['class_weight'] else ''}",
-            "tfidf_lr",
+            f"TF-IDF (1-2-grams) + LR{' (class-balanced)' if settings['class_weight'] else ''}{fitted_on}",
+            f"tfidf_lr{suffix}",
             lambda: bl.tfidf_lr_predict(train_texts, test.texts, settings),
         ),
     ):
@@ -450,7 +720,11 @@ def compute_baselines(
             {
                 "name": name,
                 "key": key_name,
-                "train": f"{train} training split ({len(train_texts.texts)} utterances)",
+                "train": (
+                    f"the arms' training examples ({len(train_texts.texts)} utterances)"
+                    if arms
+                    else f"full training split ({len(train_texts.texts)} utterances)"
+                ),
                 "test": {k: metrics[k] for k in ("n", "weighted_f1", "macro_f1", "accuracy", "per_class")},
                 "test_ci": {k: v.as_dict() for k, v in ci.items()},
                 "seconds": round(seconds, 2),
@@ -485,23 +759,193 @@ def settings_lines(arm: Arm) -> list[str]:
     return lines
 
 
+def paired_comparisons(
+    collected: Sequence[dict[str, Any]],
+    dialogues: dict[str, str],
+    reference: str = REFERENCE_ARM,
+    resamples: int = PAIRED_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> dict[str, Any] | None:
+    """Every arm against ``reference``, paired on the same test utterances (None without a scored
+    ``reference`` run).
+
+    Runs are grouped by arm (a seed repeat counts for the arm it repeats). Each run of an arm is
+    paired with the reference's run of the same ``optimizer.seed``, or with the reference's first
+    run when the reference has no run of that seed. Per arm: the dialogue bootstrap of the
+    difference averaged over its pairs (:func:`bench.quality.stats.paired_bootstrap`, one draw of
+    dialogues shared by all pairs), the exact McNemar test on its first pair (the pairs share
+    utterances, so they are not independent strata to pool), and Holm's correction of the
+    bootstrap p-values of weighted F1 across the arms compared. The minimum detectable effect is
+    ``(z(1 - alpha/2) + z(power))`` times the median bootstrap standard error of the differences.
+    ``dialogues`` maps prediction id to dialogue (ids it lacks fall back to
+    :func:`bench.quality.stats.dialogue_of`)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for c in collected:
+        if c.get("_predictions"):
+            runs.setdefault(c.get("repeat_of") or c["arm"], []).append(c)
+    refs = runs.get(reference)
+    if not refs:
+        return None
+    ids = list(refs[0]["_predictions"])
+    gold = [refs[0]["_predictions"][i][0] for i in ids]
+    groups = [dialogues.get(i) or dialogue_of(i) for i in ids]
+    labels = (refs[0].get("test") or {}).get("labels") or sorted(
+        {g for g in gold} | {p for c in collected for _, p in (c.get("_predictions") or {}).values() if p}
+    )
+    rows, skipped = [], []
+    for arm, mine in runs.items():
+        if arm == reference:
+            continue
+        pairs = [(r, next((e for e in refs if e["seed"] == r["seed"]), refs[0])) for r in mine]
+        aligned = all(
+            set(x["_predictions"]) == set(ids) and [x["_predictions"][i][0] for i in ids] == gold
+            for pair in pairs
+            for x in pair
+        )
+        if not aligned:
+            skipped.append(arm)
+            continue
+        preds = [
+            ([a["_predictions"][i][1] for i in ids], [b["_predictions"][i][1] for i in ids]) for a, b in pairs
+        ]
+        boot = paired_bootstrap(gold, preds, groups, labels, resamples, seed)
+        rows.append(
+            {
+                "arm": arm,
+                "pairs": [
+                    {
+                        "run": a["arm"],
+                        "seed": a["seed"],
+                        "reference_run": b["arm"],
+                        "reference_seed": b["seed"],
+                    }
+                    for a, b in pairs
+                ],
+                **{m: v.as_dict() for m, v in boot.items()},
+                "mcnemar": mcnemar(gold, *preds[0]).as_dict(),
+            }
+        )
+    for row, adjusted in zip(rows, holm([r["weighted_f1"]["p_value"] for r in rows]), strict=True):
+        row["holm_p"] = round(adjusted, 4)
+        if adjusted < alpha:
+            row["verdict"] = f"{'better' if row['weighted_f1']['delta'] > 0 else 'worse'} than {reference}"
+        else:
+            row["verdict"] = "no difference shown"
+    ses = sorted(r["weighted_f1"]["se"] for r in rows)
+    m = len(rows)
+    mde = None
+    if ses:
+        median = float(statistics.median(ses))
+        factor, factor_holm = mde_factor(alpha, power), mde_factor(alpha / m, power)
+        mde = {
+            "alpha": alpha,
+            "power": power,
+            "comparisons": m,
+            "factor": round(factor, 2),
+            "factor_first_holm_step": round(factor_holm, 2),
+            "se_median": round(median, 3),
+            "se_min": ses[0],
+            "se_max": ses[-1],
+            "weighted_f1": round(factor * median, 2),
+            "weighted_f1_first_holm_step": round(factor_holm * median, 2),
+        }
+    scored = {c.get("repeat_of") or c["arm"] for c in collected if c.get("_predictions")}
+    return {
+        "reference": reference,
+        "reference_runs": [{"run": r["arm"], "seed": r["seed"]} for r in refs],
+        "n": len(ids),
+        "dialogues": len(set(groups)),
+        "resamples": resamples,
+        "seed": seed,
+        "rows": rows,
+        "skipped": skipped,
+        "pending": [c["arm"] for c in collected if not c.get("repeat_of") and c["arm"] not in scored],
+        "mde": mde,
+    }
+
+
+def seed_summaries(collected: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation over the seeds of every arm that has seed repeats."""
+
+    def stat(values: list[float]) -> dict[str, Any]:
+        if not values:
+            return {"mean": None, "sd": None, "n": 0}
+        sd = statistics.stdev(values) if len(values) > 1 else None
+        return {
+            "mean": round(statistics.fmean(values), 2),
+            "sd": None if sd is None else round(sd, 2),
+            "n": len(values),
+        }
+
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for c in collected:
+        by_arm.setdefault(c.get("repeat_of") or c["arm"], []).append(c)
+    out = []
+    for arm, runs in by_arm.items():
+        if len(runs) < 2:
+            continue
+        done = [r for r in runs if r.get("test_ci")]
+        out.append(
+            {
+                "arm": arm,
+                "runs": [
+                    {"run": r["arm"], "seed": r["seed"], "scored": bool(r.get("test_ci"))} for r in runs
+                ],
+                "test_weighted_f1": stat([r["test_ci"]["weighted_f1"]["point"] for r in done]),
+                "test_accuracy": stat([r["test_ci"]["accuracy"]["point"] for r in done]),
+                "dev_weighted_f1": stat([r["dev"]["weighted_f1"] for r in done if r.get("dev")]),
+            }
+        )
+    return out
+
+
+def section_baselines(
+    arms: Sequence[Arm],
+    states: Sequence[Any],
+    test_uids: Sequence[str] | None,
+    baseline_train: str,
+    baseline_cache: str | None,
+) -> list[dict[str, Any]]:
+    """The reference baselines of a section: ``full`` (fitted on the full training split), ``arms``
+    (on the first arm's ERC training examples) or ``both`` (both; the majority class only once,
+    from the full split)."""
+    if not arms:
+        return []
+    if baseline_train not in ("full", "arms", "both"):
+        raise ConfigError(f"--baseline-train must be full, arms or both, got {baseline_train!r}")
+    out = []
+    if baseline_train in ("full", "both"):
+        out += compute_baselines(arms[0], test_uids, "full", baseline_cache)
+    if baseline_train in ("arms", "both"):
+        rows, _ = prepared_rows(arms[:1], "erc-train.jsonl", states[:1])
+        train_uids = [r["meta"]["uid"] for r in rows] if rows is not None else None
+        subset = compute_baselines(arms[0], test_uids, "arms", baseline_cache, train_uids)
+        out += subset if baseline_train == "arms" else [b for b in subset if b["key"] == "tfidf_lr_arms"]
+    return out
+
+
 def build_section(
     dataset: str,
     arms: Sequence[Arm],
     results_dir: Path,
-    baseline_train: str = "full",
+    baseline_train: str = "both",
     baseline_cache: str | None = None,
     snapshot_dir: Path | None = None,
 ) -> dict[str, Any]:
     arm_dir = snapshot_dir / dataset if snapshot_dir is not None else None
     states = [observe_arm(a) for a in arms]
     collected = [collect_arm(a, results_dir, arm_dir, st) for a, st in zip(arms, states, strict=True)]
-    test_uids, source_arm = test_utterances(arms, states)
+    test_rows, source_arm = prepared_rows(arms, "erc-test.jsonl", states)
+    test_uids = [r["meta"]["uid"] for r in test_rows] if test_rows is not None else None
     note = None
     ids = [tuple(c["test_ids"]) for c in collected if c.get("test_ids")]
     if ids and any(i != ids[0] for i in ids):
         note = "WARNING: the arms were scored on different test utterances; their rows are not comparable."
-    baselines = compute_baselines(arms[0], test_uids, baseline_train, baseline_cache) if arms else []
+    baselines = section_baselines(arms, states, test_uids, baseline_train, baseline_cache)
+    paired = paired_comparisons(collected, test_dialogues(test_rows))
+    seeds = seed_summaries(collected)
     clue_lines = [
         f"clue writing in arm {c['arm']}: {c['clues']['generated']} generated, {c['clues']['from_cache']} from the "
         f"shared cache, {fmt(c['clues']['tokens_generated'])} tokens, {c['clues']['seconds']} s"
@@ -514,6 +958,7 @@ def build_section(
     dev_n = next((_dev_n(st) for c, st in zip(collected, states, strict=True) if c.get("dev")), None)
     for c in collected:
         c.pop("test_ids", None)
+        c.pop("_predictions", None)
     return {
         "dataset": dataset,
         "title": {"meld": "MELD", "emorynlp": "EmoryNLP"}.get(dataset, dataset),
@@ -526,6 +971,8 @@ def build_section(
         "settings": settings_lines(arms[0]) if arms else [],
         "arms": collected,
         "baselines": baselines,
+        "paired": paired,
+        "seeds": seeds,
         "shared": clue_lines,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
         "test_set_note": note
@@ -585,7 +1032,7 @@ def refresh_results(
     datasets: dict[str, list[Arm]],
     results: Path,
     command: str,
-    baseline_train: str = "full",
+    baseline_train: str = "both",
     baseline_cache: str | None = None,
     snapshot_dir: Path | None = None,
 ) -> Path:
@@ -641,8 +1088,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-snapshot", action="store_true", help="link RESULTS.md to the store instead")
     p.add_argument(
-        "--baseline-train", choices=["full", "arms"], default="full",
-        help="fit the baselines on the full training split (default, as the data README) or the arms' dialogue subset",
+        "--baseline-train", choices=["full", "arms", "both"], default="both",
+        help="fit the baselines on the full training split (as the data README), on the arms' ERC training "
+        "examples, or both (default: majority and TF-IDF on the full split, TF-IDF also on the arms' examples)",
     )  # fmt: skip
 
 

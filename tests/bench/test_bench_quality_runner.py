@@ -105,7 +105,19 @@ def test_bench_runner_tiny_end_to_end_is_resumable(tmp_path, tiny_specs, data_di
         assert [s["state"] for s in steps] == ["succeeded"] * len(steps)
         assert "](runs/meld/" + arm["arm"] in text
     assert arms["clues"]["clues"]["generated"] > 0
-    assert {b["key"] for b in section["baselines"]} == {"majority", "tfidf_lr"}
+    # --baseline-train arms: fitted on the arms' ERC training examples only
+    assert {b["key"] for b in section["baselines"]} == {"majority_arms", "tfidf_lr_arms"}
+    # clues paired against erc-only on the same test utterances, whole dialogues resampled
+    paired = section["paired"]
+    assert paired["reference"] == "erc-only" and paired["n"] == section["test_n"]
+    assert paired["dialogues"] == 2  # two MELD test dialogues
+    (row,) = paired["rows"]
+    assert row["arm"] == "clues" and row["pairs"] == [
+        {"run": "clues", "seed": 42, "reference_run": "erc-only", "reference_seed": 42}
+    ]
+    assert 0 <= row["holm_p"] <= 1 and row["verdict"]
+    assert "### Paired against erc-only" in text and "Smallest effect this table can detect" in text
+    assert "_predictions" not in results.with_suffix(".json").read_text()
     # the clue cache was moved into the replaced store
     assert (tmp_path / "store" / "clue-cache-meld").is_dir()
 
