@@ -26,6 +26,7 @@ from coe_runtime.data.readers import (
     read_file,
 )
 from coe_runtime.errors import ConfigError, DataError
+from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH
 
 CountTokens = Callable[[str], int]
 NO_TOKENIZER = "estimate"  # words + punctuation marks, when no --tokenizer is given
@@ -286,8 +287,8 @@ def summarize(
     label_set: LabelSet,
     *,
     counter: TokenCounter | None = None,
-    window: int = 12,
-    max_length: int = 1400,
+    window: int = HISTORY_WINDOW,
+    max_length: int = MAX_LENGTH,
     clues=None,
     notes: ReadNotes | None = None,
 ) -> dict[str, Any]:
@@ -350,8 +351,8 @@ def build_preview(
     label_set: LabelSet,
     *,
     count_tokens: CountTokens | None = None,
-    window: int = 12,
-    max_length: int = 1400,
+    window: int = HISTORY_WINDOW,
+    max_length: int = MAX_LENGTH,
     clues=None,
 ):
     """The task example of utterance ``index`` (tasks.build_examples on its dialogue)."""

@@ -16,6 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from coe_runtime.errors import ConfigError
 
+# The prompt budget and history every reader of a dialogue shares (the CoE paper's settings): the
+# step fields below, the prompt builder's keyword defaults and ``coe-ctl data`` read these names.
+MAX_LENGTH = 1400  # prompt + target tokens
+HISTORY_WINDOW = 12  # previous utterances shown
+# The smallest max_length accepted at all: the fixed parts of a prompt (instruction, question,
+# options, answer format) take about 50-80 tokens with the shipped wording. A given utterance
+# may need more (a long target utterance); ``coe_runtime.prompts.builder.required_length`` says how much.
+MIN_MAX_LENGTH = 64
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,11 +53,11 @@ class OptimSettings(_Model):
     epochs: float = Field(2, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(3, ge=1)  # effective batch 12 on one device
-    max_length: int = Field(1400, ge=16)
+    max_length: int = Field(MAX_LENGTH, ge=16)
     gradient_checkpointing: bool = True
     group_by_length: bool = True
     seed: int = 42
@@ -98,8 +107,8 @@ class DatasetSource(_Model):
     # split -> path or URI of the original file (for "demo" leave empty: the bundled data)
     files: dict[Literal["train", "dev", "test"], str] = {}
     label_set: LabelSetRef = LabelSetRef(name="demo")
-    history_window: int = Field(12, ge=0)  # previous utterances shown
-    max_length: int = Field(1400, ge=64)  # prompt + target token budget
+    history_window: int = Field(HISTORY_WINDOW, ge=0)  # previous utterances shown
+    max_length: int = Field(MAX_LENGTH, ge=MIN_MAX_LENGTH)  # prompt + target token budget
     # Optional subsetting (quality runs on CPU): stratified, fixed seed; 0 = all.
     max_train_examples: int = Field(0, ge=0)
     max_dev_examples: int = Field(0, ge=0)

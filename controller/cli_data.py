@@ -28,6 +28,7 @@ from coe_runtime.data_report import (
     token_counter,
 )
 from coe_runtime.errors import ConfigError
+from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH, MIN_MAX_LENGTH
 
 EXIT_PROBLEMS = 2
 
@@ -105,10 +106,16 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         "path or a model id (default: a words+punctuation estimate)",
     )
     parser.add_argument(
-        "--window", type=int, default=12, help="history window: previous utterances shown (default 12)"
+        "--window",
+        type=int,
+        default=HISTORY_WINDOW,
+        help=f"history window: previous utterances shown (default {HISTORY_WINDOW})",
     )
     parser.add_argument(
-        "--max-length", type=int, default=1400, help="prompt + target token budget (default 1400)"
+        "--max-length",
+        type=int,
+        default=MAX_LENGTH,
+        help=f"prompt + target token budget (default {MAX_LENGTH})",
     )
     parser.add_argument("--clues", default=None, help="clue file (personas, scenes) to include in prompts")
 
@@ -121,8 +128,6 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_budget(args: argparse.Namespace) -> None:
     if args.window < 0:
         raise ConfigError(f"--window must be >= 0, got {args.window}")
-    from coe_runtime.prompts.builder import MIN_MAX_LENGTH
-
     if args.max_length < MIN_MAX_LENGTH:
         raise ConfigError(f"--max-length must be at least {MIN_MAX_LENGTH}, got {args.max_length}")
 

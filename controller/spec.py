@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from coe_controller import owned
+from coe_controller import owned, render
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -52,6 +52,16 @@ def _describe(cls: type[BaseModel], descriptions: dict[str, str]) -> None:
 def _default(model: type[BaseModel], field: str) -> Any:
     """A runtime model's default, so the spec never restates it."""
     return model.model_fields[field].get_default(call_default_factory=True)
+
+
+def _bounds(model: type[BaseModel], field: str) -> dict[str, Any]:
+    """A runtime field's numeric bounds (``gt``, ``ge``, ``lt``, ``le``), so the spec never restates them."""
+    return {
+        k: getattr(c, k)
+        for c in model.model_fields[field].metadata
+        for k in ("gt", "ge", "lt", "le")
+        if hasattr(c, k)
+    }
 
 
 class _Spec(BaseModel):
@@ -187,7 +197,7 @@ class DatasetSpec(rt.DatasetSource):
     # Not a reader setting (the clues step does not see it): the planner gives it to prepare,
     # the ERC training's dev evaluation and the test step.
     label_format: rt.LabelFormat = Field(
-        "tag",
+        _default(rt.PrepareStep, "label_format"),
         description="How the ERC answer is written: 'tag' = <joy> (in angle brackets), 'word' = the plain "
         "label word after a space (' joy'; one whole word for BPE tokenizers, which split tags into pieces).",
     )
@@ -215,7 +225,7 @@ _describe(
         "files": "The original file of each split (not needed for 'demo').",
         "label_set": "Emotion label set and how labels are named in prompts.",
         "history_window": "Previous utterances shown in a prompt.",
-        "max_length": "Token budget for prompt + target (paper: 1400); prompts are cut from the left.",
+        "max_length": f"Token budget for prompt + target (paper: {rt.MAX_LENGTH}); prompts are cut from the left.",
         "max_train_examples": "Stratified subset of the training examples; 0 = all.",
         "max_dev_examples": "Stratified subset of the dev examples; 0 = all.",
         "max_test_examples": "Stratified subset of the test examples; 0 = all.",
@@ -277,11 +287,19 @@ class CluesSpec(_Spec):
         None, description="The LLM that writes clues (source: generate); unset = baseModel."
     )
     generation: GenerationSpec = Field(
-        GenerationSpec(max_new_tokens=64, batch_size=16), description="Generation settings for clue writing."
+        GenerationSpec.model_validate(_default(rt.CluesStep, "generation").model_dump(exclude_unset=True)),
+        description="Generation settings for clue writing.",
     )
-    future_turns: bool = Field(False, description="Let a persona see the speaker's later lines too.")
-    prompt_version: str = Field("v1", description="Version of the clue prompts (part of the cache key).")
-    cache: str | None = Field(None, description="URI prefix of a clue cache shared across experiments.")
+    future_turns: bool = Field(
+        _default(rt.CluesStep, "future_turns"), description="Let a persona see the speaker's later lines too."
+    )
+    prompt_version: str = Field(
+        _default(rt.CluesStep, "prompt_version"),
+        description="Version of the clue prompts (part of the cache key).",
+    )
+    cache: str | None = Field(
+        _default(rt.CluesStep, "cache"), description="URI prefix of a clue cache shared across experiments."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CluesSpec:
@@ -296,26 +314,31 @@ class OptimizerSpec(_Spec):
     """Optimiser settings shared by every training stage (per-stage epochs/batch sizes in ``training``)."""
 
     learning_rate: float = Field(
-        _default(rt.OptimSettings, "learning_rate"), gt=0, description="Peak learning rate."
+        _default(rt.OptimSettings, "learning_rate"),
+        **_bounds(rt.OptimSettings, "learning_rate"),
+        description="Peak learning rate.",
     )
     betas: list[float] = Field(
         list(_default(rt.OptimSettings, "betas")), min_length=2, max_length=2, description="AdamW betas."
     )
     weight_decay: float = Field(
-        _default(rt.OptimSettings, "weight_decay"), ge=0, description="AdamW weight decay."
+        _default(rt.OptimSettings, "weight_decay"),
+        **_bounds(rt.OptimSettings, "weight_decay"),
+        description="AdamW weight decay.",
     )
     warmup_ratio: float = Field(
         _default(rt.OptimSettings, "warmup_ratio"),
-        ge=0,
-        le=1,
+        **_bounds(rt.OptimSettings, "warmup_ratio"),
         description="Linear warm-up share of the steps.",
     )
     per_device_batch_size: int = Field(
-        _default(rt.OptimSettings, "per_device_batch_size"), ge=1, description="Examples per device per step."
+        _default(rt.OptimSettings, "per_device_batch_size"),
+        **_bounds(rt.OptimSettings, "per_device_batch_size"),
+        description="Examples per device per step.",
     )
     gradient_accumulation_steps: int = Field(
         _default(rt.OptimSettings, "gradient_accumulation_steps"),
-        ge=1,
+        **_bounds(rt.OptimSettings, "gradient_accumulation_steps"),
         description="Steps per optimiser update.",
     )
     gradient_checkpointing: bool = Field(
@@ -327,7 +350,7 @@ class OptimizerSpec(_Spec):
     seed: int = Field(_default(rt.OptimSettings, "seed"), description="Training seed.")
     checkpoint_every_steps: int = Field(
         _default(rt.OptimSettings, "checkpoint_every_steps"),
-        ge=0,
+        **_bounds(rt.OptimSettings, "checkpoint_every_steps"),
         description="Checkpoint cadence; 0 = every epoch.",
     )
 
@@ -335,15 +358,25 @@ class OptimizerSpec(_Spec):
 class StageSettings(_Spec):
     """One stage's training length and batch size (unset fields follow ``optimizer``)."""
 
-    epochs: float = Field(gt=0, description="Training epochs of this stage.")
+    epochs: float = Field(**_bounds(rt.OptimSettings, "epochs"), description="Training epochs of this stage.")
     per_device_batch_size: int | None = Field(
-        None, ge=1, description="Overrides optimizer.perDeviceBatchSize."
+        None,
+        **_bounds(rt.OptimSettings, "per_device_batch_size"),
+        description="Overrides optimizer.perDeviceBatchSize.",
     )
     gradient_accumulation_steps: int | None = Field(
-        None, ge=1, description="Overrides optimizer.gradientAccumulationSteps."
+        None,
+        **_bounds(rt.OptimSettings, "gradient_accumulation_steps"),
+        description="Overrides optimizer.gradientAccumulationSteps.",
     )
-    learning_rate: float | None = Field(None, gt=0, description="Overrides optimizer.learningRate.")
-    max_steps: int = Field(0, ge=0, description="Stop after this many optimiser steps; 0 = from epochs.")
+    learning_rate: float | None = Field(
+        None, **_bounds(rt.OptimSettings, "learning_rate"), description="Overrides optimizer.learningRate."
+    )
+    max_steps: int = Field(
+        _default(rt.OptimSettings, "max_steps"),
+        **_bounds(rt.OptimSettings, "max_steps"),
+        description="Stop after this many optimiser steps; 0 = from epochs.",
+    )
 
 
 class TrainingSpec(_Spec):
@@ -368,7 +401,7 @@ class EvaluationSpec(_Spec):
     )
     generation: GenerationSpec = Field(GenerationSpec(), description="Generation settings for evaluation.")
     decoding: rt.Decoding = Field(
-        "generate",
+        _default(rt.GenerateStep, "decoding"),
         description="How dev and test pick the label: 'generate' (generate text, parse it) or 'score' (the "
         "label whose answer text is most likely after the prompt; one forward pass, never unparsed).",
     )
@@ -579,6 +612,9 @@ class ResourceOverride(PodCustomisation):
     priority_class_name: str | None = Field(None, description="PriorityClass of the step's pods.")
 
 
+# The pod settings' defaults are the renderer's (coe_controller.render.JobSettings), stated there once.
+_JOB = render.JobSettings()
+
 OVERRIDE_KEYS = ("model", "clues", "prepare", "roleplay", "speaker_id", "steer", "mixed", "erc", "test")
 
 
@@ -590,9 +626,9 @@ class ResourcesSpec(PodCustomisation):
     nproc_per_node: int | None = Field(
         None, ge=1, description="Processes per pod (torchrun); unset = gpusPerPod, or 1 without GPUs."
     )
-    image: str = Field("ghcr.io/coe-k8s/coe-runtime:0.1.0", description="Runtime container image.")
+    image: str = Field(render.DEFAULT_IMAGE, description="Runtime container image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        "IfNotPresent", description="Image pull policy."
+        _JOB.image_pull_policy, description="Image pull policy."
     )
     deepspeed: str | None = Field(
         None, description="DeepSpeed config: a bundled name (zero2, zero3) or a path/URI; unset = plain DDP."
@@ -610,7 +646,7 @@ class ResourcesSpec(PodCustomisation):
     cpu: str | None = Field(None, description="CPU request per pod, e.g. '8'.")
     memory: str | None = Field(None, description="Memory request per pod, e.g. '64Gi'.")
     shm_size: str = Field(
-        "16Gi", description="Size of /dev/shm (a memory emptyDir) for data loaders and NCCL."
+        _JOB.shm_size, description="Size of /dev/shm (a memory emptyDir) for data loaders and NCCL."
     )
     node_selector: dict[str, str] = Field({}, description="Node selector of the step pods.")
     tolerations: list[Toleration] = Field([], description="Tolerations of the step pods.")
@@ -625,7 +661,7 @@ class ResourcesSpec(PodCustomisation):
         "kubeflow.org/v1) or TrainJob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1).",
     )
     training_runtime: str = Field(
-        "torch-distributed",
+        render.DEFAULT_TRAINING_RUNTIME,
         min_length=1,
         description="TrainJob only: the ClusterTrainingRuntime the steps reference (spec.runtimeRef.name).",
     )
@@ -634,19 +670,19 @@ class ResourcesSpec(PodCustomisation):
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_ENDPOINT_URL), passed via envFrom.",
     )
     backoff_limit: int = Field(
-        3, ge=0, description="Pod restarts within one step job (runPolicy.backoffLimit)."
+        _JOB.backoff_limit, ge=0, description="Pod restarts within one step job (runPolicy.backoffLimit)."
     )
     max_retries: int = Field(
         2, ge=0, description="New jobs the controller creates for a failed step before giving up."
     )
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of each step job.")
     work_dir_size: str = Field(
-        "100Gi",
+        _JOB.work_dir_size,
         description="Size limit of each pod's work dir (an emptyDir: $COE_CACHE_DIR, TMPDIR, HF_HOME; a Hub "
         "model's snapshot passes through it): the kubelet evicts a pod that writes more.",
     )
     ttl_seconds_after_finished: int | None = Field(
-        86400,
+        _JOB.ttl_seconds_after_finished,
         ge=0,
         description="Delete a step's finished job (and its pods) this long after it ends "
         "(runPolicy.ttlSecondsAfterFinished); results stay in the store. null = keep them.",

@@ -16,7 +16,7 @@ first, one at a time; when no history is left it shortens the clues (every clue 
 same number of words, the largest cap that fits; cap 0 removes them). The instruction, the target
 utterance, the question and the answer format are never cut: if they alone do not fit, it raises
 :class:`PromptBudgetError` saying how many tokens they need. (The reference cut prompts from the
-right, which could cut off the question.) ``max_length`` below :data:`MIN_MAX_LENGTH` is refused.
+right, which could cut off the question.) ``max_length`` below :data:`coe_runtime.step.MIN_MAX_LENGTH` is refused.
 Output is a pure function of the inputs.
 """
 
@@ -30,14 +30,11 @@ from coe_runtime.data.clue_file import Clues
 from coe_runtime.data.dialogue import Dialogue
 from coe_runtime.data.labels import LabelSet
 from coe_runtime.errors import ConfigError, DataError
+from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH, MIN_MAX_LENGTH
 
 PROMPT_TASKS = ("erc", "steer", "roleplay", "speaker_id")
 # How the ERC answer is written (coe_runtime.step.LabelFormat): ``tag`` = ``<joy>``, ``word`` = `` joy``.
 LABEL_FORMATS = ("tag", "word")
-# The smallest max_length accepted at all: the fixed parts of a prompt (instruction, question,
-# options, answer format) take about 50-80 tokens with the shipped wording. A given utterance
-# may need more (a long target utterance); ``required_length`` says how much.
-MIN_MAX_LENGTH = 64
 ANSWER_HEADER = "### Answer\n"
 # The ERC answer header in the ``word`` label format: the answer follows on the same line, so its
 # leading space is natural text ("Answer: joy"). After a newline a pretrained model puts almost no
@@ -203,8 +200,8 @@ def build_prompt(
     clues: Clues | None = None,
     *,
     target: str = "",
-    history_window: int = 12,
-    max_length: int = 1400,
+    history_window: int = HISTORY_WINDOW,
+    max_length: int = MAX_LENGTH,
     count_tokens: CountTokens | None = None,
     hint_label: str | None = None,
     label_format: str = "tag",

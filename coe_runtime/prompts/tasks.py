@@ -34,6 +34,7 @@ from coe_runtime.prompts.builder import (
     erc_target,
     steer_target,
 )
+from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH
 
 MEMORY = "memory"
 POOL = "pool"
@@ -106,8 +107,8 @@ def build_examples(
     label_set: LabelSet,
     clues: Clues | None = None,
     count_tokens: CountTokens | None = None,
-    history_window: int = 12,
-    max_length: int = 1400,
+    history_window: int = HISTORY_WINDOW,
+    max_length: int = MAX_LENGTH,
     seeds: Sequence[Seed] | None = None,
     label_format: str = "tag",
 ) -> list[Example]:
@@ -163,8 +164,8 @@ def build_steer_sets(
     seeds: Sequence[Seed],
     clues: Clues | None = None,
     count_tokens: CountTokens | None = None,
-    history_window: int = 12,
-    max_length: int = 1400,
+    history_window: int = HISTORY_WINDOW,
+    max_length: int = MAX_LENGTH,
 ) -> tuple[list[Example], list[Example]]:
     """STEeR round 0: (memory from the seeds, pool of every other utterance of ``dialogues``).
 
