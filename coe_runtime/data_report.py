@@ -9,7 +9,6 @@ problems it finds; and it builds one utterance's task example for a preview. The
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,11 +25,11 @@ from coe_runtime.data.readers import (
     read_file,
 )
 from coe_runtime.errors import ConfigError, DataError
+from coe_runtime.prepare import length_percentiles
 from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH
 
 CountTokens = Callable[[str], int]
 NO_TOKENIZER = "estimate"  # words + punctuation marks, when no --tokenizer is given
-PERCENTILES = (50, 90, 99)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,14 +118,6 @@ def load_clues_for(path: str | None, fmt: str):
 # --------------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: Sequence[int], p: float) -> int:
-    """Nearest-rank percentile: always one of the observed values."""
-    if not sorted_values:
-        raise ValueError("no values")
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def length_summary(values: Sequence[int]) -> dict[str, int]:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -208,9 +199,7 @@ def prompt_lengths(
         (d.utterances[i].uid, need) for (d, i, _), need in zip(over, needs, strict=True) if need > max_length
     ]
     shortened = len(over) - len(cannot_fit)
-    ordered = sorted(lengths)
-    out: dict[str, Any] = {f"p{p}": percentile(ordered, p) for p in PERCENTILES}
-    out["max"] = ordered[-1]
+    out: dict[str, Any] = length_percentiles(lengths)
     out["over_max_length"] = shortened + len(cannot_fit)
     out["cannot_fit"] = len(cannot_fit)
     out["cannot_fit_examples"] = [{"uid": uid, "needs": need} for uid, need in cannot_fit[:5]]

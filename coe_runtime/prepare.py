@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from coe_runtime.data.clue_file import DEMO_CLUES, Clues, check_coverage, load_clues
 from coe_runtime.data.dialogue import SPLITS, Dialogue, Example, write_examples
@@ -70,22 +71,31 @@ def resolve_clues(step: PrepareStep) -> Clues | None:
     return None
 
 
-def _percentiles(values: Sequence[int]) -> dict[str, int] | None:
-    if not values:
-        return None
+# The prompt-length percentiles that summary.json and ``coe-ctl data check`` (data_report) report.
+PERCENTILES = (50, 90, 99)
+_T = TypeVar("_T")
+
+
+def percentile(sorted_values: Sequence[_T], p: float) -> _T:
+    """Nearest-rank percentile ``p`` (0-100) of ascending values: always one of the observed values."""
+    if not sorted_values:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def length_percentiles(values: Sequence[int]) -> dict[str, int]:
+    """``p50``, ``p90``, ``p99`` (nearest rank) and ``max`` of token counts."""
     ordered = sorted(values)
-
-    def at(q: float) -> int:
-        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
-
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
+    return {**{f"p{p}": percentile(ordered, p) for p in PERCENTILES}, "max": ordered[-1]}
 
 
 def describe_examples(examples: Sequence[Example]) -> dict[str, Any]:
+    counts = [ex.meta["n_tokens"] for ex in examples if "n_tokens" in ex.meta]
     return {
         "examples": len(examples),
         "labels": dict(sorted(Counter(ex.meta.get("label") for ex in examples).items())),
-        "prompt_tokens": _percentiles([ex.meta["n_tokens"] for ex in examples if "n_tokens" in ex.meta]),
+        "prompt_tokens": length_percentiles(counts) if counts else None,
         "history_cut": sum(1 for ex in examples if ex.meta.get("history_dropped")),
         "clues_cut": sum(1 for ex in examples if ex.meta.get("clue_word_cap") is not None),
     }

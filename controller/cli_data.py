@@ -17,7 +17,6 @@ from coe_runtime.data.labels import BUILTIN
 from coe_runtime.data.readers import FORMATS, ReadNotes, bundled_demo_path, normalize_split
 from coe_runtime.data_report import (
     NO_TOKENIZER,
-    PERCENTILES,
     build_preview,
     load_clues_for,
     load_dataset,
@@ -28,6 +27,7 @@ from coe_runtime.data_report import (
     token_counter,
 )
 from coe_runtime.errors import ConfigError
+from coe_runtime.prepare import PERCENTILES
 from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH, MIN_MAX_LENGTH
 
 EXIT_PROBLEMS = 2

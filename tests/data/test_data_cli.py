@@ -11,6 +11,7 @@ from coe_controller.cli import main
 from coe_runtime import data_report
 from coe_runtime.data.labels import get_label_set
 from coe_runtime.data.readers import read_file
+from coe_runtime.prepare import percentile
 from coe_runtime.prompts.builder import erc_target, required_length
 from coe_runtime.prompts.tasks import build_examples
 from tests.support.shared import need_shared
@@ -81,7 +82,7 @@ def test_prompt_lengths_agree_with_task_builder(tmp_path):
     stats = data_report.prompt_lengths(dialogues, label_set, counter, window=12, max_length=100_000)
     examples = build_examples(dialogues, "erc", label_set, history_window=12, max_length=100_000)
     counts = sorted(e.meta["n_tokens"] for e in examples)
-    assert stats["max"] == counts[-1] and stats["p50"] == data_report.percentile(counts, 50)
+    assert stats["max"] == counts[-1] and stats["p50"] == percentile(counts, 50)
     needs = [
         required_length(d, i, "erc", label_set, target=erc_target(u.label, label_set))
         for d in dialogues
@@ -97,8 +98,8 @@ def test_prompt_lengths_agree_with_task_builder(tmp_path):
 
 def test_percentile_is_nearest_rank():
     values = list(range(1, 101))
-    assert [data_report.percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
-    assert data_report.percentile([7], 99) == 7
+    assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
+    assert percentile([7], 99) == 7
 
 
 def test_check_reports_problems_and_strict_exit(tmp_path, capsys):

@@ -155,3 +155,19 @@ def test_user_jsonl_data_with_a_clue_file_and_no_train_split(tmp_path):
             demo_step(tmp_path / "p2", dataset=source, tasks=["roleplay"]), count_tokens=estimate_tokens
         )
     assert not (tmp_path / "p2").exists()  # nothing half-published
+
+
+def test_summary_json_and_data_check_report_the_same_prompt_percentiles(tmp_path):
+    """summary.json (the prepare step) and `coe-ctl data check` (data_report) count the same prompts
+    on the demo data and report the same nearest-rank p50/p90/p99/max of them."""
+    from coe_runtime import data_report
+
+    summary = run_prepare(demo_step(tmp_path / "prep", tasks=["erc"]), count_tokens=estimate_tokens)
+    label_set = data_report.resolve_label_set(None, "demo")
+    splits = data_report.load_dataset(data_report.resolve_files(None, "demo"), "demo", label_set)
+    clues, _ = data_report.load_clues_for(None, "demo")
+    report = data_report.summarize(splits, label_set, clues=clues)
+    for split in ("train", "dev", "test"):
+        prepared = summary["files"][f"erc-{split}.jsonl"]["prompt_tokens"]
+        checked = report["splits"][split]["prompt_tokens"]
+        assert prepared == {k: checked[k] for k in ("p50", "p90", "p99", "max")}
