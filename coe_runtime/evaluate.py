@@ -18,7 +18,7 @@ from typing import Any
 
 from coe_runtime import progress
 from coe_runtime.data.answers import SCORE_METHOD, parse_answer
-from coe_runtime.data.dialogue import Example, read_examples_uri
+from coe_runtime.data.dialogue import Example, gold_label, read_examples_uri
 from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.distributed import dist_info, init_distributed
 from coe_runtime.errors import DataError
@@ -30,21 +30,6 @@ from coe_runtime.step import GenerateStep, GenerationSettings, LabelSetRef
 
 def label_set_of(ref: LabelSetRef) -> LabelSet:
     return get_label_set(ref.name, ref.naming, ref.custom_prompt_names)
-
-
-def gold_label(example: Example, label_set: LabelSet, source: str = "examples") -> str | None:
-    """The example's gold label in the dataset's own spelling (``meta.label``), checked against
-    the label set; None when the example carries none (e.g. unlabelled inference)."""
-    label = example.meta.get("label")
-    if label is None:
-        return None
-    if label not in label_set.labels:
-        raise DataError(
-            source,
-            None,
-            f"example {example.id}: label {label!r} is not in label set {label_set.name!r} {list(label_set.labels)}",
-        )
-    return label
 
 
 def evaluate_examples(

@@ -10,10 +10,13 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.store import materialize
+
+if TYPE_CHECKING:
+    from coe_runtime.data.labels import LabelSet
 
 SPLITS = ("train", "dev", "test")
 TASKS = ("erc", "roleplay", "speaker_id", "steer")
@@ -69,6 +72,20 @@ class Example:
     def to_reference(self) -> str:
         """The reference implementation's ``{"input", "target"}`` line."""
         return json.dumps({"input": self.prompt, "target": self.target}, ensure_ascii=False)
+
+
+def gold_label(example: Example, label_set: LabelSet, source: str, line: int | None = None) -> str | None:
+    """The example's gold label (``meta.label``, the dataset's own spelling), checked against the
+    label set it is judged with; None when the example carries none (e.g. unlabelled inference)."""
+    label = example.meta.get("label")
+    if label is not None and label not in label_set.labels:
+        raise DataError(
+            source,
+            line,
+            f"example {example.id!r} has label {label!r}, not in label set {label_set.name!r} "
+            f"{list(label_set.labels)}; the step's label_set must be the dataset's own",
+        )
+    return label
 
 
 def write_examples(path: str | Path, examples: Iterable[Example]) -> int:
