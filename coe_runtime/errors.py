@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator, Mapping
 
 EXIT_BUG = 1  # an unexpected exception: a defect, reported with its traceback
 EXIT_PERMANENT = 2  # bad input / bad config
@@ -94,13 +95,14 @@ PEER_LOSS_MESSAGES = (
 )
 
 
-def _causes(exc: BaseException):
+def _causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it was raised from or during (HF Trainer / DeepSpeed re-raise collectives' errors)."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def is_peer_loss(exc: BaseException) -> bool:
@@ -178,7 +180,7 @@ def is_permanent(code: int | None) -> bool:
 
 
 # -- environment checks at step start -------------------------------------------------------------------
-def expected_gpus(env: dict[str, str] | None = None) -> int:
+def expected_gpus(env: Mapping[str, str] | None = None) -> int:
     """GPUs per pod the step must see (``COE_EXPECT_GPUS``; unset or 0: none expected)."""
     env = os.environ if env is None else env
     raw = (env.get(EXPECT_GPUS_ENV) or "").strip()
@@ -193,7 +195,7 @@ def expected_gpus(env: dict[str, str] | None = None) -> int:
     return n
 
 
-def check_expected_gpus(env: dict[str, str] | None = None) -> None:
+def check_expected_gpus(env: Mapping[str, str] | None = None) -> None:
     """Fail at once (:class:`DeviceError`, exit 3) when the pod asked for GPUs and CUDA cannot supply
     them, instead of letting every step fall back to CPU and train 100x slower without a word."""
     env = os.environ if env is None else env

@@ -12,6 +12,7 @@ import importlib
 import io
 import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 from coe_runtime.errors import CoEError, StoreError, TransientStoreError
 
@@ -54,11 +55,11 @@ class _OwnWritesOnly(io.TextIOBase):
     stream after the command writes to the process's stdout again.
     """
 
-    def __init__(self, out: io.TextIOBase, err: io.TextIOBase):
+    def __init__(self, out: TextIO, err: TextIO):
         self._out, self._err = out, err
         self.active = True
 
-    def _target(self) -> io.TextIOBase:
+    def _target(self) -> TextIO:
         if not self.active:
             return sys.__stdout__ or self._err
         caller = sys._getframe(2).f_globals.get("__name__", "")

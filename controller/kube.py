@@ -336,6 +336,7 @@ class Kube:
         else:
             raise ValueError(what)
         w = watch.Watch()
+        args: tuple[str, ...]
         if namespace:
             fn, args = self._custom.list_namespaced_custom_object, (group, version, namespace, plural)
         else:

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coe_controller.planner import PlannedStep, experiment_prefix, plan
 from coe_controller.spec import CoEExperiment
@@ -42,6 +42,9 @@ from coe_runtime.errors import EXIT_RETRYABLE, CoEError, ConfigError, StoreError
 from coe_runtime.record import published_manifest
 from coe_runtime.step import dump_step
 from coe_runtime.store import FileStore, Store, cache_dir, get_store, join
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 RUNS_DIR = "_runs"
 SPEC_FILE = "spec.yaml"
@@ -338,7 +341,7 @@ class Display:
         from rich.console import Console
 
         self.console = console or Console()
-        self.live = None
+        self.live: Live | None = None
         self.state: dict[str, Any] = {}
         self.last_plain_epoch: Any = None
         self.clock = clock

@@ -28,6 +28,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from coe_controller import policy, reconcile, render
@@ -53,7 +54,7 @@ def _parse_time(value) -> float | None:
         return None
 
 
-def defaults_from_env(env: dict[str, str] | None = None) -> render.ClusterDefaults:
+def defaults_from_env(env: Mapping[str, str] | None = None) -> render.ClusterDefaults:
     """The installation's defaults for experiments that leave them out: ``COE_RUNTIME_IMAGE`` and
     ``COE_S3_SECRET`` (the Helm chart sets both from ``runtime.image`` and its S3 Secret), and
     what experiments may use: ``COE_ALLOWED_IMAGES`` / ``_SERVICE_ACCOUNTS`` / ``_SECRETS`` (policy.py)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from coe_runtime.errors import ConfigError
 
@@ -69,7 +70,11 @@ class LabelSet:
         )
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "labels": list(self.labels), "prompt_names": list(self.prompt_names)}
+        d: dict[str, Any] = {
+            "name": self.name,
+            "labels": list(self.labels),
+            "prompt_names": list(self.prompt_names),
+        }
         if self.synonyms:
             d["synonyms"] = {lab: list(words) for lab, words in zip(self.labels, self.synonyms, strict=True)}
         return d

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance
 from coe_runtime.data.labels import LabelSet, get_label_set
@@ -35,7 +36,8 @@ FORMATS = ("meld", "emorynlp", "emorynlp-json", "jsonl", "demo")
 # The label set each format uses when the caller names none (jsonl has no natural default).
 DEFAULT_LABEL_SET = {"meld": "meld", "emorynlp": "emorynlp", "emorynlp-json": "emorynlp", "demo": "demo"}
 
-SPLIT_ALIASES = {
+Split = Literal["train", "dev", "test"]  # the keys of dataset.files (coe_runtime.step.DatasetSource)
+SPLIT_ALIASES: dict[str, Split] = {
     "train": "train",
     "trn": "train",
     "dev": "dev",
@@ -77,7 +79,7 @@ def bundled_demo_path() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def normalize_split(name: str) -> str:
+def normalize_split(name: str) -> Split:
     """``trn``/``tst``/``valid``… -> ``train``/``dev``/``test``; anything else is a ConfigError."""
     key = str(name).strip().lower()
     if key not in SPLIT_ALIASES:
@@ -149,7 +151,7 @@ class ReadNotes:
     first_repair_line: int | None = None
     messages: list[str] = field(default_factory=list)
 
-    def repaired(self, line: int) -> None:
+    def repaired(self, line: int | None) -> None:
         self.repaired_fields += 1
         if self.first_repair_line is None:
             self.first_repair_line = line
@@ -209,13 +211,13 @@ def _csv_records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
 
 
-def _text_field(path: Path, line: int, column: str, value: str, notes: ReadNotes) -> str:
+def _text_field(path: Path, line: int | None, column: str, value: str, notes: ReadNotes) -> str:
     if not value.strip():
         raise DataError(str(path), line, f"empty {column}; expected non-empty text")
     try:
         repaired = repair_cp1252_mojibake(value)
     except UnicodeDecodeError:
-        bad = _C1_RE.search(value).group()
+        bad = _C1_RE.findall(value)[0]  # only a C1 character fails to decode
         raise DataError(
             str(path),
             line,
@@ -553,7 +555,7 @@ def read_jsonl(path: Path, split: str | None, labels: LabelNormalizer, notes: Re
 
         if "split" in obj:
             raw_split = obj["split"]
-            line_split = (
+            line_split: str | None = (
                 SPLIT_ALIASES.get(str(raw_split).strip().lower()) if isinstance(raw_split, str) else None
             )
             if line_split is None:
@@ -694,12 +696,12 @@ def find_split_files(path: str | Path, format: str) -> dict[str, Path]:
     else:
         jsonl = sorted(root.glob("*.jsonl")) or sorted(root.rglob("*.jsonl"))
         for candidate in jsonl:
-            split = split_from_filename(candidate)
-            if split is None:
+            named = split_from_filename(candidate)
+            if named is None:
                 continue
-            if split in found:
-                raise DataError(str(root), None, f"two {split} files: {found[split]} and {candidate}")
-            found[split] = candidate
+            if named in found:
+                raise DataError(str(root), None, f"two {named} files: {found[named]} and {candidate}")
+            found[named] = candidate
         if not found and len(jsonl) == 1:
             return _splits_of_file(jsonl[0], format)
         expected = ["train.jsonl", "dev.jsonl", "test.jsonl (or one .jsonl with 'split' fields)"]

@@ -151,13 +151,14 @@ def _verify_local(path: Path, label: str) -> None:
         entries = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"model {label}: unreadable {MANIFEST} ({e})") from None
-    stamp = {"manifest": sha256_file(manifest_path), "files": {}}
+    files: dict[str, list[int]] = {}
+    stamp = {"manifest": sha256_file(manifest_path), "files": files}
     for entry in entries:
         f = path / entry["path"]
         if not f.is_file():
             raise ConfigError(f"model {label}: {entry['path']} is listed in {MANIFEST} but missing")
         st = f.stat()
-        stamp["files"][entry["path"]] = [st.st_size, st.st_mtime_ns]
+        files[entry["path"]] = [st.st_size, st.st_mtime_ns]
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
     recorded = cache_dir() / "versions" / "models" / f"{key}.json"
     with contextlib.suppress(OSError, ValueError):

@@ -8,6 +8,7 @@ sit on this module; nothing here imports them.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import time
@@ -105,13 +106,13 @@ class Store(ABC):
     def write_json(self, uri: str, obj: Any) -> None:
         self.write_bytes(uri, json.dumps(obj, indent=2, ensure_ascii=False).encode())
 
-    def read_jsonl(self, uri: str) -> list[dict]:
+    def read_jsonl(self, uri: str) -> builtins.list[dict]:  # `list` here is the method above
         return [json.loads(line) for line in self.read_bytes(uri).decode().splitlines() if line.strip()]
 
     def write_jsonl(self, uri: str, rows: Iterable[dict]) -> None:
         self.write_bytes(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
-    def put_dir(self, local_dir: str | Path, prefix: str) -> list[dict]:
+    def put_dir(self, local_dir: str | Path, prefix: str) -> builtins.list[dict]:
         """Upload every file under ``local_dir``; returns manifest entries.
 
         Sizes and checksums are taken before each upload, so the manifest describes exactly

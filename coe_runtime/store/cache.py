@@ -104,7 +104,7 @@ def download(uri: str, dest: str | Path, cache: bool = False) -> Transfer:
     dest = Path(dest)
     store = get_store(uri)
     prefix, manifest = store.find_manifest(uri)
-    if manifest is not None:
+    if prefix is not None and manifest is not None:  # find_manifest gives both or neither
         rel = uri[len(prefix) :].strip("/")
         entries = entries_under(manifest, rel)
         if not entries:
@@ -213,7 +213,7 @@ def copy(src: str, dst: str) -> Transfer:
             local = FileStore._path(src)
             prefix, manifest = src_store.find_manifest(src)
             result = Transfer(local, prefix)
-            if manifest is not None:
+            if prefix is not None and manifest is not None:
                 _verify_local(local, prefix, src, manifest)
         else:
             result = download(src, Path(staging) / "artifact")
@@ -222,7 +222,10 @@ def copy(src: str, dst: str) -> Transfer:
         target = dst
         if local.is_dir():
             if result.published is not None and result.published == src:
-                meta = dict(src_store.manifest(src).get("meta") or {})
+                src_manifest = src_store.manifest(src)
+                if src_manifest is None:
+                    raise StoreError(f"{src}: its manifest disappeared while it was being copied")
+                meta = dict(src_manifest.get("meta") or {})
                 meta["copied_from"] = src
                 manifest = dst_store.publish(local, dst, meta=meta)
                 result.republished = True
