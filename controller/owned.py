@@ -14,6 +14,7 @@ every name in it), so a new variable or mount in the renderer cannot silently be
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable, Iterable
 
 from coe_controller.render import DEEPSPEED_DIR, HF_HOME, STEP_CONFIG_DIR, TMP_DIR, WORK_DIR
 
@@ -116,41 +117,40 @@ def limit_owner(name: str) -> str | None:
     return OWNED_LIMITS.get(name)
 
 
+def env_from_prefix_owner(prefix: str) -> str | None:
+    """Who owns every key an ``envFrom`` with this prefix would set (e.g. prefix AWS_), if anyone."""
+    if not prefix:
+        return None
+    return next((who for pre, who in OWNED_ENV_PREFIXES.items() if prefix.startswith(pre)), None)
+
+
 def refusals(
     where: str,
     *,
-    env: list[str] = (),
-    env_from_prefixes: list[str] = (),
-    volumes: list[str] = (),
-    mounts: list[str] = (),
-    labels: list[str] = (),
-    annotations: list[str] = (),
-    limits: list[str] = (),
+    env: Iterable[str] = (),
+    env_from_prefixes: Iterable[str] = (),
+    volumes: Iterable[str] = (),
+    mounts: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    annotations: Iterable[str] = (),
+    limits: Iterable[str] = (),
 ) -> list[str]:
     """One message per owned name an experiment tried to set; ``where`` is an optional field path
     prefix (``resources.overrides.erc``)."""
+    checks: tuple[tuple[str, Iterable[str], Callable[[str], str | None]], ...] = (
+        ("env", env, env_owner),
+        ("envFrom.prefix", env_from_prefixes, env_from_prefix_owner),
+        ("volumes", volumes, volume_owner),
+        ("volumeMounts.mountPath", mounts, mount_owner),
+        ("podLabels", labels, label_owner),
+        ("podAnnotations", annotations, annotation_owner),
+        ("extraLimits", limits, limit_owner),
+    )
     out: list[str] = []
-
-    def refuse(field: str, value: str, owner: str | None) -> None:
-        if owner:
-            path = f"{where}.{field}" if where else field
-            out.append(f"{path}: {value!r} is owned by {owner}; it cannot be set or overridden")
-
-    for n in env:
-        refuse("env", n, env_owner(n))
-    for p in env_from_prefixes:
-        # envFrom with a prefix that makes every key an owned name (e.g. prefix AWS_)
-        if p:
-            owner = next((who for pre, who in OWNED_ENV_PREFIXES.items() if p.startswith(pre)), None)
-            refuse("envFrom.prefix", p, owner)
-    for n in volumes:
-        refuse("volumes", n, volume_owner(n))
-    for m in mounts:
-        refuse("volumeMounts.mountPath", m, mount_owner(m))
-    for k in labels:
-        refuse("podLabels", k, label_owner(k))
-    for k in annotations:
-        refuse("podAnnotations", k, annotation_owner(k))
-    for k in limits:
-        refuse("extraLimits", k, limit_owner(k))
+    for field, names, owner_of in checks:
+        path = f"{where}.{field}" if where else field
+        for name in names:
+            owner = owner_of(name)
+            if owner:
+                out.append(f"{path}: {name!r} is owned by {owner}; it cannot be set or overridden")
     return out

@@ -916,56 +916,31 @@ def reconcile(
     kube: Kube,
     obj: dict,
     now: float | None = None,
-    job_renderer=None,
+    job_renderer: render.JobRenderer | None = None,
     backoff_base_s: float = 10.0,
     defaults: render.ClusterDefaults | None = None,
 ) -> float | None:
     """One level-triggered pass over one experiment; returns seconds until it wants another look.
 
-    ``defaults``: the installation's runtime image / S3 Secret for experiments that name none."""
+    ``defaults``: the installation's runtime image / S3 Secret for experiments that name none.
+    The pass, in its parts: skip what is being deleted or already final; observe the store and
+    check the policy (a bad spec or an unreachable store is reported and ends the pass); list the
+    experiment's jobs; decide; apply the actions."""
     from coe_runtime.errors import ConfigError, StoreError
 
     now = time.time() if now is None else now
     meta = obj["metadata"]
-    ns, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid")
-    old_status = obj.get("status") or {}
+    ns, name = meta.get("namespace") or "default", meta["name"]
     if meta.get("deletionTimestamp"):
         # Being deleted (foreground: the garbage collector is removing the children): create nothing,
         # or the controller would recreate what the collector just removed.
         return None
-    if is_final(old_status, int(meta.get("generation") or 1)):
+    if is_final(obj.get("status") or {}, int(meta.get("generation") or 1)):
         return None  # a finished record of this generation: no store or API call at all
     try:
-        spec, steps, published, metrics = observe(obj, kube, defaults)
-        # The installation's policy (allowed images, ServiceAccounts, Secrets), on the jobs as they
-        # would be created: the controller creates pods on the author's behalf.
-        violations = policy.check_steps(
-            steps,
-            defaults,
-            Owner(name, ns, uid),
-            job_renderer or render.renderer(spec.spec.resources.job_api),
-        )
-        if violations:
-            raise policy.PolicyViolation(violations)
+        spec, steps, published, metrics = _observe_within_policy(kube, obj, job_renderer, defaults)
     except ConfigError as e:
-        gen = int(meta.get("generation") or 1)
-        if old_status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value) and (
-            old_status.get("reason") not in SPEC_VERDICTS
-        ):
-            # A finished experiment stays what it was: an edit the CRD accepts but the spec rejects
-            # is reported (once per generation), never turned into a failure of the finished run.
-            if int(old_status.get("observedGeneration") or 0) < gen:
-                _emit(kube, obj, EmitEvent("Warning", "InvalidSpecIgnored", f"edit not applied: {e}"), now)
-                kube.patch_experiment_status(ns, name, {"observedGeneration": gen})
-            return None
-        status = invalid_spec_status(obj, str(e), now)
-        event_reason = "InvalidSpec"
-        if isinstance(e, policy.PolicyViolation):
-            status, event_reason = policy.as_violation(status), policy.REASON
-        if status != old_status:
-            if old_status.get("reason") != status.get("reason"):
-                _emit(kube, obj, EmitEvent("Warning", event_reason, str(e)), now)
-            kube.patch_experiment_status(ns, name, status_patch(old_status, status))
+        _report_invalid_spec(kube, obj, e, now)
         return None
     except StoreError as e:
         # The store is where "done" lives: without it nothing can be decided. Say so, look again soon.
@@ -975,22 +950,89 @@ def reconcile(
 
     # The job API of this experiment (spec.resources.jobApi): what is listed, created, read and deleted.
     job_renderer = job_renderer or render.renderer(spec.spec.resources.job_api)
-    selector = f"{render.LABEL_EXPERIMENT}={render.label_value(name)}"
-    listed = kube.list_jobs(ns, selector, api=job_renderer)
-    jobs = [j for j in listed if owned_by(j, uid)]
-    # Jobs with our labels that another object owns: an earlier experiment of the same name whose
-    # children the garbage collector has not removed yet. Never adopted, never trusted.
-    foreign = {j["metadata"]["name"] for j in listed if not owned_by(j, uid)}
+    jobs, foreign = _list_own_jobs(kube, obj, job_renderer)
     retry_policy = RetryPolicy(
         max_retries=spec.spec.resources.max_retries,
         backoff_base_s=backoff_base_s,
         restart_limit=spec.spec.resources.backoff_limit,
     )
+    actions = _decide_from_cluster(
+        kube, obj, steps, published, metrics, jobs, job_renderer, retry_policy, now
+    )  # fmt: skip
+    return _apply_actions(kube, obj, actions, steps, jobs, foreign, job_renderer, defaults, now)
+
+
+def _observe_within_policy(
+    kube: Kube, obj: dict, job_renderer: render.JobRenderer | None, defaults: render.ClusterDefaults | None
+) -> tuple[Any, list, set[str] | frozenset[str], dict[str, dict]]:
+    """What the store holds for this experiment (see ``observe``), once the installation's policy
+    (allowed images, ServiceAccounts, Secrets) accepts its jobs as they would be created: the
+    controller creates pods on the author's behalf. Raises ConfigError (PolicyViolation included)
+    or StoreError."""
+    meta = obj["metadata"]
+    spec, steps, published, metrics = observe(obj, kube, defaults)
+    violations = policy.check_steps(
+        steps,
+        defaults,
+        Owner(meta["name"], meta.get("namespace") or "default", meta.get("uid")),
+        job_renderer or render.renderer(spec.spec.resources.job_api),
+    )
+    if violations:
+        raise policy.PolicyViolation(violations)
+    return spec, steps, published, metrics
+
+
+def _report_invalid_spec(kube: Kube, obj: dict, error: Exception, now: float) -> None:
+    """A spec the controller rejects (or the policy refuses): say so in the status and one Event.
+
+    A finished experiment stays what it was: an edit the CRD accepts but the spec rejects is
+    reported (once per generation), never turned into a failure of the finished run."""
+    meta = obj["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
+    old_status = obj.get("status") or {}
+    gen = int(meta.get("generation") or 1)
+    if old_status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value) and (
+        old_status.get("reason") not in SPEC_VERDICTS
+    ):
+        if int(old_status.get("observedGeneration") or 0) < gen:
+            _emit(kube, obj, EmitEvent("Warning", "InvalidSpecIgnored", f"edit not applied: {error}"), now)
+            kube.patch_experiment_status(ns, name, {"observedGeneration": gen})
+        return
+    status = invalid_spec_status(obj, str(error), now)
+    event_reason = "InvalidSpec"
+    if isinstance(error, policy.PolicyViolation):
+        status, event_reason = policy.as_violation(status), policy.REASON
+    if status != old_status:
+        if old_status.get("reason") != status.get("reason"):
+            _emit(kube, obj, EmitEvent("Warning", event_reason, str(error)), now)
+        kube.patch_experiment_status(ns, name, status_patch(old_status, status))
+
+
+def _list_own_jobs(kube: Kube, obj: dict, job_renderer: render.JobRenderer) -> tuple[list[dict], set[str]]:
+    """The experiment's own jobs, and the names of jobs with its labels that another object owns:
+    an earlier experiment of the same name whose children the garbage collector has not removed
+    yet. Those are never adopted, never trusted."""
+    meta = obj["metadata"]
+    uid = meta.get("uid")
+    selector = f"{render.LABEL_EXPERIMENT}={render.label_value(meta['name'])}"
+    listed = kube.list_jobs(meta.get("namespace") or "default", selector, api=job_renderer)
+    jobs = [j for j in listed if owned_by(j, uid)]
+    foreign = {j["metadata"]["name"] for j in listed if not owned_by(j, uid)}
+    return jobs, foreign
+
+
+def _decide_from_cluster(
+    kube: Kube, obj: dict, steps: list, published: set[str] | frozenset[str], metrics: dict[str, dict],
+    jobs: list[dict],
+    job_renderer: render.JobRenderer, retry_policy: RetryPolicy, now: float,
+) -> list:  # fmt: skip
+    """``decide`` on what the cluster shows of the jobs: exit codes, restarts, stuck pods."""
+    ns = obj["metadata"].get("namespace") or "default"
     exit_codes = observe_exit_codes(kube, ns, obj, jobs, job_renderer)
     pods_by_job = unfinished_job_pods(kube, ns, obj, jobs, job_renderer)
     restarts = observe_restarts(kube, ns, obj, jobs, job_renderer, pods_by_job)
     problems = {job: problem for job, pods in pods_by_job.items() if (problem := pod_problem(pods))}
-    actions = decide(
+    return decide(
         obj,
         steps,
         published,
@@ -1003,6 +1045,17 @@ def reconcile(
         restarts=restarts,
         pod_problems=problems,
     )
+
+
+def _apply_actions(
+    kube: Kube, obj: dict, actions: list, steps: list, jobs: list[dict], foreign: set[str],
+    job_renderer: render.JobRenderer, defaults: render.ClusterDefaults | None, now: float,
+) -> float | None:  # fmt: skip
+    """Carry out ``decide``'s actions in order; returns when to look again. A job that cannot be
+    created blocks: its reason goes into the status and an Event, and the pass looks again soon."""
+    meta = obj["metadata"]
+    ns, name, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid")
+    old_status = obj.get("status") or {}
     by_name = {s.name: s for s in steps}
     requeue: float | None = None
     blocked: list[str] = []
@@ -1014,24 +1067,35 @@ def reconcile(
             )  # fmt: skip
             if problem:
                 blocked.append(problem)
-        elif isinstance(action, DeleteJob):
-            with contextlib.suppress(NotFound):
-                kube.delete_job(ns, action.job, api=job_renderer)
-            log.info("%s/%s: deleted %s (restart limit exceeded)", ns, name, action.job)
-        elif isinstance(action, EmitEvent):
-            _emit(kube, obj, action, now)
-        elif isinstance(action, SetStatus):
-            status = action.status
-            if blocked:
-                status = {**status, "reason": "StepNotCreated", "message": "; ".join(blocked)}
-            kube.patch_experiment_status(ns, name, status_patch(old_status, status))
         elif isinstance(action, Requeue):
             requeue = action.after_s
+        else:
+            _apply_action(kube, obj, action, old_status, blocked, job_renderer, now)
     for problem in blocked:
         _emit(kube, obj, EmitEvent("Warning", "StepNotCreated", problem), now)
     if blocked:
         requeue = min(requeue or 10.0, 10.0)
     return requeue
+
+
+def _apply_action(
+    kube: Kube, obj: dict, action: Action, old_status: dict, blocked: list[str],
+    job_renderer: render.JobRenderer, now: float,
+) -> None:  # fmt: skip
+    """One DeleteJob, EmitEvent or SetStatus action (a status says why jobs were not created)."""
+    meta = obj["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
+    if isinstance(action, DeleteJob):
+        with contextlib.suppress(NotFound):
+            kube.delete_job(ns, action.job, api=job_renderer)
+        log.info("%s/%s: deleted %s (restart limit exceeded)", ns, name, action.job)
+    elif isinstance(action, EmitEvent):
+        _emit(kube, obj, action, now)
+    elif isinstance(action, SetStatus):
+        status = action.status
+        if blocked:
+            status = {**status, "reason": "StepNotCreated", "message": "; ".join(blocked)}
+        kube.patch_experiment_status(ns, name, status_patch(old_status, status))
 
 
 def _create_attempt(
