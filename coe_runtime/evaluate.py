@@ -26,6 +26,7 @@ from coe_runtime.models.generate import Generator
 from coe_runtime.prompts.builder import answer_texts
 from coe_runtime.record import publish_step
 from coe_runtime.step import GenerateStep, GenerationSettings, LabelSetRef
+from coe_runtime.store import atomic_write
 
 
 def label_set_of(ref: LabelSetRef) -> LabelSet:
@@ -153,10 +154,8 @@ def run_generate(step: GenerateStep) -> dict:
 
 
 def write_predictions(path: Path, predictions: Sequence[Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for p in predictions:
             f.write(
                 json.dumps(asdict(p) if hasattr(p, "__dataclass_fields__") else p, ensure_ascii=False) + "\n"
             )
-    tmp.replace(path)

@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from coe_runtime.data.answers import FALLBACK_METHODS
 from coe_runtime.data.labels import LabelSet
 from coe_runtime.errors import ConfigError
+from coe_runtime.store import atomic_write
 
 UNPARSED = "<unparsed>"
 
@@ -145,8 +146,7 @@ def write_metrics(directory: str | Path, metrics: dict[str, Any]) -> tuple[Path,
         ("metrics.txt", format_metrics(metrics)),
     ):
         path = directory / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            f.write(text)
         out.append(path)
     return out[0], out[1]

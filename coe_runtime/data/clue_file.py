@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coe_runtime.errors import DataError
+from coe_runtime.store import atomic_write
 
 CLUE_FILE_VERSION = 1
 DEMO_CLUES = Path(__file__).resolve().parent.parent / "demo" / "clues.json"
@@ -160,13 +161,8 @@ def load_clues(uri: str | Path) -> Clues:
 
 def write_clues(path: str | Path, clues: Clues) -> None:
     """Write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(
-        json.dumps(clues.to_dict(), indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(clues.to_dict(), indent=1, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def check_coverage(clues: Clues, dialogues: list) -> dict[str, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe_runtime.errors import ConfigError, DataError
-from coe_runtime.store import materialize
+from coe_runtime.store import atomic_write, materialize
 
 if TYPE_CHECKING:
     from coe_runtime.data.labels import LabelSet
@@ -90,30 +90,33 @@ def gold_label(example: Example, label_set: LabelSet, source: str, line: int | N
 
 def write_examples(path: str | Path, examples: Iterable[Example]) -> int:
     """Write JSONL atomically (temp file + rename): never a half-written artifact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for ex in examples:
             f.write(ex.to_json() + "\n")
             n += 1
-    tmp.replace(path)
     return n
+
+
+def iter_jsonl(lines: Iterable[str], source: str, expected: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSONL text; a line that is not JSON is a
+    DataError naming ``source`` and the line, then ``expected`` (what a line should hold)."""
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                source, lineno, f"not valid JSON ({e.msg} at column {e.colno}): {expected}"
+            ) from None
+        yield lineno, value
 
 
 def iter_examples(path: str | Path) -> Iterator[Example]:
     path = Path(path)
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    str(path), lineno, f"not valid JSON ({e.msg}); expected one example object per line"
-                ) from None
+        for lineno, d in iter_jsonl(f, str(path), "expected one example object per line"):
             missing = [k for k in ("id", "task", "prompt", "target") if k not in d]
             if missing:
                 raise DataError(

@@ -13,11 +13,11 @@ naming. Bundled seed files live in ``coe_runtime/data/seeds/<label set>.jsonl``.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from coe_runtime.data.dialogue import iter_jsonl
 from coe_runtime.data.labels import get_label_set
 from coe_runtime.errors import ConfigError, DataError
 
@@ -42,15 +42,7 @@ def parse_seed_lines(lines: list[str], source: str, label_set_name: str) -> list
     labels = get_label_set(label_set_name).labels
     seeds: list[Seed] = []
     first_line: dict[str, int] = {}
-    for lineno, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                source, lineno, f"not valid JSON ({e.msg}); expected {{uid, label, rationale}}"
-            ) from None
+    for lineno, row in iter_jsonl(lines, source, "expected {uid, label, rationale}"):
         if not isinstance(row, dict):
             raise DataError(source, lineno, "expected a JSON object {uid, label, rationale}")
         missing = [k for k in ("uid", "label", "rationale") if k not in row]
@@ -107,17 +99,3 @@ def load_seeds(label_set_name: str, seed_file: str | None = None) -> list[Seed]:
     except UnicodeDecodeError as e:
         raise DataError(source, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     return parse_seed_lines(text.splitlines(), source, label_set_name)
-
-
-def write_seeds(path: str | Path, seeds: list[Seed]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(
-        "".join(
-            json.dumps({"uid": s.uid, "label": s.label, "rationale": s.rationale}, ensure_ascii=False) + "\n"
-            for s in seeds
-        ),
-        encoding="utf-8",
-    )
-    tmp.replace(path)

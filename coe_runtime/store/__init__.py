@@ -7,7 +7,7 @@ exists; readers verify sizes and checksums when they fetch.
 The package, bottom to top (import-linter checks it, see pyproject.toml):
 
 * ``base``     — the ``Store`` interface, ``join``/``normalize_uri``, manifest helpers
-* ``file``     — ``FileStore`` (file://)      ``s3`` — ``S3Store`` (s3://; the only module that imports boto3)
+* ``file``     — ``FileStore`` (file://), ``atomic_write``      ``s3`` — ``S3Store`` (s3://; the only module that imports boto3)
 * ``registry`` — ``get_store``: the back-end for a URI (imports ``s3`` lazily, on the first s3:// URI)
 * ``cache``    — ``materialize`` (local cache), ``download``, ``copy``
 
@@ -28,7 +28,7 @@ from coe_runtime.store.base import (
     verify_file,
 )
 from coe_runtime.store.cache import Transfer, cache_dir, cache_path, copy, download, materialize
-from coe_runtime.store.file import FileStore
+from coe_runtime.store.file import FileStore, atomic_write
 from coe_runtime.store.registry import get_store
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "FileStore",
     "Store",
     "Transfer",
+    "atomic_write",
     "cache_dir",
     "cache_path",
     "copy",

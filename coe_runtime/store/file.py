@@ -5,11 +5,29 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlparse
 
 from coe_runtime.errors import StoreError
 from coe_runtime.store.base import Store, join
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[TextIO]:
+    """A local text file (UTF-8) written through ``<name>.tmp`` beside it and a rename: a reader never
+    sees a half-written file, and a failed write leaves none. Makes the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield f
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class FileStore(Store):
