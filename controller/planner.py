@@ -21,8 +21,11 @@ started from. The stage after STEeR continues the final round's adapter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from coe_runtime import step as rt
 from coe_runtime.errors import StoreError
@@ -92,9 +95,21 @@ def step_inputs(config: StepConfig) -> list[str]:
     return [u for u in uris if u]
 
 
-def _model(model: Any, target: type) -> Any:
+def _model(model: Any, target: type[BaseModel]) -> Any:
     """Convert a spec building block into the runtime model it subclasses."""
     return target.model_validate(model.model_dump())
+
+
+def prepared_tasks(order: Sequence[str]) -> list[str]:
+    """The task sets the prepare step writes for a curriculum (ERC always; mixed needs both others)."""
+    tasks = ["erc"]
+    if "roleplay" in order or "mixed" in order:
+        tasks.append("roleplay")
+    if "speaker_id" in order or "mixed" in order:
+        tasks.append("speaker_id")
+    if "steer" in order:
+        tasks.append("steer")
+    return tasks
 
 
 class _Planner:
@@ -261,38 +276,42 @@ class _Planner:
 
     # -- the curriculum --------------------------------------------------------------------
     def build(self) -> list[PlannedStep]:
-        s = self.s
-        order = s.stage_order
-        clue_uri: str | None = None
-        self.base_model = self.model_source(s.base_model, "model")
-        clues_model = None
-        if s.clues.source == "generate" and s.clues.model:
-            clues_model = self.model_source(s.clues.model, "clues-model", s.base_model.hf_token_secret)
-        if s.clues.source == "generate":
-            model = clues_model or self.base_model
-            config = rt.CluesStep(
-                name="clues",
-                output=step_output(self.spec, "clues"),
-                base_model=model,
-                distributed=self.distributed(self.resources("clues"), training=False),
-                dataset=s.dataset.to_source(),
-                generation=_model(s.clues.generation, rt.GenerationSettings),
-                future_turns=s.clues.future_turns,
-                prompt_version=s.clues.prompt_version,
-                cache=s.clues.cache,
-            )
-            self.add(config, "clues", "clues")
-            clue_uri = self.out("clues", "clues.json")
-        elif s.clues.source == "file":
-            clue_uri = s.clues.uri
+        """The whole plan, in its parts: the models, the clues, prepare, the stages, the test."""
+        self.base_model = self.model_source(self.s.base_model, "model")
+        clue_uri = self.plan_clues()
+        self.plan_prepare(clue_uri)
+        adapter = self.plan_stages()
+        if self.s.evaluation.test:
+            self.plan_test(adapter)
+        return self.steps
 
-        tasks = ["erc"]
-        if "roleplay" in order or "mixed" in order:
-            tasks.append("roleplay")
-        if "speaker_id" in order or "mixed" in order:
-            tasks.append("speaker_id")
-        if "steer" in order:
-            tasks.append("steer")
+    def plan_clues(self) -> str | None:
+        """The clue generation the spec asks for (after its model's snapshot, for a Hub id of its
+        own); returns the URI of the clue file later steps read, None without clues."""
+        s = self.s
+        if s.clues.source == "file":
+            return s.clues.uri
+        if s.clues.source != "generate":
+            return None
+        model = self.base_model
+        if s.clues.model:
+            model = self.model_source(s.clues.model, "clues-model", s.base_model.hf_token_secret)
+        config = rt.CluesStep(
+            name="clues",
+            output=step_output(self.spec, "clues"),
+            base_model=model,
+            distributed=self.distributed(self.resources("clues"), training=False),
+            dataset=s.dataset.to_source(),
+            generation=_model(s.clues.generation, rt.GenerationSettings),
+            future_turns=s.clues.future_turns,
+            prompt_version=s.clues.prompt_version,
+            cache=s.clues.cache,
+        )
+        self.add(config, "clues", "clues")
+        return self.out("clues", "clues.json")
+
+    def plan_prepare(self, clue_uri: str | None) -> None:
+        s = self.s
         self.add(
             rt.PrepareStep(
                 name="prepare",
@@ -301,7 +320,7 @@ class _Planner:
                 distributed=self.distributed(self.resources("prepare"), training=False),
                 dataset=s.dataset.to_source(),
                 clues=clue_uri,
-                tasks=tasks,
+                tasks=prepared_tasks(s.stage_order),
                 steer=self.steer,
                 label_format=s.dataset.label_format,
             ),
@@ -309,53 +328,61 @@ class _Planner:
             "prepare",
         )
 
-        def prep(file: str) -> str:
-            return self.out("prepare", file)
+    def prep(self, file: str) -> str:
+        """A file the prepare step writes."""
+        return self.out("prepare", file)
 
+    def plan_stages(self) -> str | None:
+        """The training stages in the curriculum's order; returns the LoRA adapter the last one writes."""
         adapter: str | None = None  # the LoRA adapter the next stage continues
         memory: str | None = None  # the final STEeR memory (for the mixed stage)
-        for stage in order:
+        for stage in self.s.stage_order:
             if stage == "steer":
-                adapter, memory = self.steer_rounds(adapter, prep("memory-r0.jsonl"), prep("pool-r0.jsonl"))
+                adapter, memory = self.steer_rounds(
+                    adapter, self.prep("memory-r0.jsonl"), self.prep("pool-r0.jsonl")
+                )
                 continue
             name = STAGE_STEP_NAMES[stage]
-            eval_file = None
-            if stage == "roleplay":
-                files = [prep("roleplay-train.jsonl")]
-            elif stage == "speaker_id":
-                files = [prep("speaker_id-train.jsonl")]
-            elif stage == "mixed":
-                files = [prep("roleplay-train.jsonl"), prep("speaker_id-train.jsonl")]
-                if memory:
-                    files.append(memory)
-            else:  # erc
-                files = [prep("erc-train.jsonl")]
-                eval_file = prep("erc-dev.jsonl") if s.evaluation.dev_each_epoch else None
+            files, eval_file = self.stage_files(stage, memory)
             step = self.train(name, stage, files, adapter, eval_file=eval_file)
             adapter = join(step.output, "adapter")
+        return adapter
 
-        if s.evaluation.test:
-            res = self.resources("test")
-            self.add(
-                rt.GenerateStep(
-                    name="test",
-                    output=step_output(self.spec, "test"),
-                    base_model=self.base_model,
-                    distributed=self.distributed(res, training=False),
-                    input_file=prep("erc-test.jsonl"),
-                    adapter=adapter,
-                    label_set=self.label_set,
-                    generation=self.eval_generation,
-                    with_metrics=True,
-                    label_format=s.dataset.label_format,
-                    decoding=s.evaluation.decoding,
-                ),
-                "test",
-                "test",
-            )
-        return self.steps
+    def stage_files(self, stage: str, memory: str | None) -> tuple[list[str], str | None]:
+        """(training files, dev file) of a stage other than STEeR; ``memory``: STEeR's final memory."""
+        if stage == "roleplay":
+            return [self.prep("roleplay-train.jsonl")], None
+        if stage == "speaker_id":
+            return [self.prep("speaker_id-train.jsonl")], None
+        if stage == "mixed":
+            files = [self.prep("roleplay-train.jsonl"), self.prep("speaker_id-train.jsonl")]
+            return (files + [memory] if memory else files), None
+        # erc
+        eval_file = self.prep("erc-dev.jsonl") if self.s.evaluation.dev_each_epoch else None
+        return [self.prep("erc-train.jsonl")], eval_file
 
-    def steer_rounds(self, entry_adapter: str | None, memory: str, pool: str) -> tuple[str, str]:
+    def plan_test(self, adapter: str | None) -> None:
+        s = self.s
+        res = self.resources("test")
+        self.add(
+            rt.GenerateStep(
+                name="test",
+                output=step_output(self.spec, "test"),
+                base_model=self.base_model,
+                distributed=self.distributed(res, training=False),
+                input_file=self.prep("erc-test.jsonl"),
+                adapter=adapter,
+                label_set=self.label_set,
+                generation=self.eval_generation,
+                with_metrics=True,
+                label_format=s.dataset.label_format,
+                decoding=s.evaluation.decoding,
+            ),
+            "test",
+            "test",
+        )
+
+    def steer_rounds(self, entry_adapter: str | None, memory: str, pool: str) -> tuple[str | None, str]:
         """Plan rounds 1..K; returns (final adapter, final memory)."""
         opts = self.steer
         generation = self.eval_generation.model_copy(update={"max_new_tokens": opts.rationale_max_new_tokens})

@@ -28,6 +28,7 @@ from coe_controller.planner import PlannedStep, experiment_prefix, observe_round
 from coe_runtime.errors import StoreError
 from coe_runtime.fingerprint import changed_fields
 from coe_runtime.record import step_identity
+from coe_runtime.step import GenerateStep, TrainStep
 from coe_runtime.store import MANIFEST, get_store, join
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class ExperimentState:
             f1 = weighted_f1(v.result)
             if f1 is None:
                 continue
-            if v.step.kind == "train" and v.step.config.eval_file:
+            if isinstance(v.step.config, TrainStep) and v.step.config.eval_file:
                 out["dev_weighted_f1"] = f1
                 out["best"] = v.result
             if v.step.kind == "generate":
@@ -133,9 +134,9 @@ def result_file(step: PlannedStep) -> str | None:
     """The file in a published step that holds its result, by step kind."""
     if step.kind == "steer_round":
         return f"round-{step.round}.json"
-    if step.kind == "train" and step.config.eval_file:
+    if isinstance(step.config, TrainStep) and step.config.eval_file:
         return "best.json"  # the ERC stage's best dev epoch
-    if step.kind == "generate" and step.config.with_metrics:
+    if isinstance(step.config, GenerateStep) and step.config.with_metrics:
         return "metrics.json"
     return None
 
