@@ -1006,7 +1006,7 @@ def write_results(path: Path, sections: Sequence[dict[str, Any]], command: str) 
         f"Produced by {command} (resumable; rerun to continue or refresh). Last written "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}.",
         "",
-        f"What the table shows, in words, and the evidence behind it: [README.md#findings]({readme}#findings).",
+        f"What the table shows, in words, and the evidence behind it: [README.md#findings-and-status]({readme}#findings-and-status).",
     ]
     text = render_results(sections, header)
     path.parent.mkdir(parents=True, exist_ok=True)
