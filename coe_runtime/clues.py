@@ -74,8 +74,8 @@ def plan_requests(dialogues: Iterable[Dialogue], future_turns: bool = False) -> 
                 )
             )
             for speaker in d.speakers:
-                said = [_short(u.text) for u in d.utterances if speaker in u.speakers]
-                out.append(ClueRequest(PERSONA, key, speaker, None, tuple(said[-MAX_LINES:])))
+                own = [_short(u.text) for u in d.utterances if speaker in u.speakers]
+                out.append(ClueRequest(PERSONA, key, speaker, None, tuple(own[-MAX_LINES:])))
             continue
         if d.utterances:
             first = d.utterances[0]
@@ -179,7 +179,9 @@ def assemble_clues(
             continue
         if req.kind == SCENE:
             clues.scenes[req.dialogue] = text
-        elif req.uid is not None:
+            continue
+        assert req.speaker is not None  # plan_requests names the speaker of every persona
+        if req.uid is not None:
             clues.utterance_personas.setdefault(req.uid, {})[req.speaker] = text
         else:
             clues.personas.setdefault(req.dialogue, {})[req.speaker] = text
@@ -285,7 +287,7 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
     cached = load_cache(cache_store, prefix)
     # Identical requests are generated once.
     missing = list(dict.fromkeys(k for k in keys if k not in cached))
-    first_of = {}
+    first_of: dict[str, ClueRequest] = {}
     for req, key in zip(requests, keys, strict=True):
         first_of.setdefault(key, req)
     report(
@@ -333,7 +335,7 @@ def run_clues(step: CluesStep, generator: Any = None, console: Any = None) -> di
         "future_turns": step.future_turns,
     }
     clues, empty = assemble_clues(requests, texts, meta)
-    summary = {
+    summary: dict[str, Any] = {
         "step": step.name,
         "dialogues": len(dialogues),
         "requests": len(requests),
