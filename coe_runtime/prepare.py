@@ -36,17 +36,10 @@ from coe_runtime.step import PrepareStep
 from coe_runtime.store import normalize_uri
 
 
-def tokenizer_counter(step: PrepareStep) -> tuple[CountTokens | None, str]:
-    """Count tokens with the base model's tokenizer (+1 per text: BOS on the prompt, EOS on the target).
+def tokenizer_counter(step: PrepareStep) -> tuple[CountTokens, str]:
+    """Count tokens with the base model's tokenizer (+1 per text: BOS on the prompt, EOS on the target)."""
+    from coe_runtime.models.loading import load_tokenizer
 
-    Falls back to the word/punctuation estimate when the models module is not available.
-    """
-    try:
-        from coe_runtime.models.loading import load_tokenizer
-    except ModuleNotFoundError as e:
-        if e.name != "coe_runtime.models.loading":
-            raise
-        return None, "estimate"
     tokenizer = load_tokenizer(step.base_model)
 
     # Cached: targets ("<joy>"), hints and clue sections repeat across thousands of prompts.

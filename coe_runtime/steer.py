@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from coe_runtime.data.answers import SCORE_METHOD, TAG_RE, parse_answer
 from coe_runtime.data.dialogue import Example, gold_label, read_examples, write_examples
@@ -48,11 +48,6 @@ STOP_MAX_ROUNDS = "max_rounds"
 # --------------------------------------------------------------------------------------------
 # Pure logic
 # --------------------------------------------------------------------------------------------
-class GenOutputLike(Protocol):
-    text: str
-    n_new_tokens: int
-
-
 def steer_gold(example: Example, label_set: LabelSet, source: str = "pool", line: int | None = None) -> str:
     """A STEeR example's gold label (:func:`coe_runtime.data.dialogue.gold_label`): it must have one."""
     label = gold_label(example, label_set, source, line)

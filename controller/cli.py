@@ -34,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"coe_controller.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"coe_controller.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"coe_controller.{name}").register(sub)
     return parser
 
 

@@ -7,7 +7,6 @@ Exit codes (as for every coe-ctl command): 0 ok; 1 a step failed; 2 bad input (s
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -280,16 +279,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     is_file = bool(args.target) and (Path(args.target).is_file() or args.target.endswith((".yaml", ".yml")))
     if not is_file and not args.store:
-        try:
-            cluster = importlib.import_module("coe_controller.cli_cluster")
-        except ModuleNotFoundError as e:
-            if e.name != "coe_controller.cli_cluster":
-                raise
-            raise ConfigError(
-                "status of a cluster experiment needs the Kubernetes controller's CLI (coe_controller.cli_cluster); "
-                "for a local run give the SPEC file or --store URI"
-            ) from None
-        return int(cluster.cluster_status(args) or 0)
+        from coe_controller.cli_cluster import cluster_status
+
+        return int(cluster_status(args) or 0)
     if not args.target:
         names = list_experiments(normalize_uri(args.store))
         if args.output == "json":

@@ -121,10 +121,5 @@ def base_rules() -> list[dict]:
     return _as_rules(controller_permissions(()))
 
 
-def user_rules() -> list[dict]:
-    """What a `coe-ctl` user needs, as PolicyRules."""
-    return _as_rules(USER_PERMISSIONS)
-
-
 def allowed(perms: tuple[Permission, ...], api_group: str, resource: str, verb: str) -> bool:
     return any(p.api_group == api_group and p.resource == resource and verb in p.verbs for p in perms)

@@ -126,10 +126,8 @@ class JobSettings:
     service_account_name: str | None = None
     kueue_queue: str | None = None
     s3_secret: str | None = None  # envFrom: AWS_* variables; never inlined in a manifest
-    env: dict[str, str] = field(default_factory=dict)
     backoff_limit: int = 3  # pod restarts within one job (retryable exit codes 128-255)
     active_deadline_seconds: int | None = None
-    max_retries: int = 2  # new jobs for a step after a Failed one
     # Pod customisation (spec.resources, the step's override merged in; owned names already refused)
     extra_env: tuple[dict, ...] = ()
     env_from: tuple[dict, ...] = ()
@@ -193,7 +191,6 @@ def settings_from(resources: Any | None, defaults: ClusterDefaults | None = None
         s3_secret=s3_secret,
         backoff_limit=resources.backoff_limit,
         active_deadline_seconds=resources.active_deadline_seconds,
-        max_retries=resources.max_retries,
         **_customisation(resources),
     )
 
@@ -285,7 +282,7 @@ def _bundled_deepspeed(name: str) -> dict | None:
         path = resources.files("coe_runtime") / "deepspeed" / f"{name}.json"
         if path.is_file():
             return json.loads(path.read_text())
-    except (ModuleNotFoundError, FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
     return None
 
@@ -456,7 +453,6 @@ class PyTorchJobRenderer:
             # The runtime fails at once (exit 3, permanent) when CUDA cannot supply these GPUs, instead of
             # training on CPU without a word (coe_runtime.errors.check_expected_gpus).
             env.append({"name": "COE_EXPECT_GPUS", "value": str(s.gpus_per_pod)})
-        env += [{"name": k, "value": v} for k, v in sorted(s.env.items())]
         env += [dict(e) for e in s.extra_env]
         mounts = [
             {"name": "step-config", "mountPath": STEP_CONFIG_DIR, "readOnly": True},

@@ -40,10 +40,6 @@ class ParsedAnswer:
     label: str | None  # dataset's own spelling; None when unparsed (method "none")
     method: str  # one of PARSE_METHODS
 
-    @property
-    def is_fallback(self) -> bool:
-        return self.method in FALLBACK_METHODS
-
 
 @lru_cache(maxsize=64)
 def _vocabulary(

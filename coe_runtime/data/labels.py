@@ -53,10 +53,6 @@ class LabelSet:
     def to_prompt(self, label: str) -> str:
         return self.prompt_names[self.labels.index(label)]
 
-    def from_prompt(self, name: str) -> str:
-        lowered = [p.lower() for p in self.prompt_names]
-        return self.labels[lowered.index(name.lower())]
-
     def with_prompt_names(self, names: dict[str, str]) -> LabelSet:
         """Rename some labels for prompts: ``{"joy": "joyful"}``."""
         unknown = sorted(set(names) - set(self.labels))
