@@ -55,7 +55,7 @@ def evaluate_examples(
         raise ValueError(f"unknown decoding {decoding!r}; expected 'generate' or 'score'")
     prompts = [ex.prompt for ex in examples]
     on_progress = progress.throttled(progress_step, progress_phase) if progress_step else None
-    predictions = []
+    predictions: list[dict[str, Any]] = []
     if decoding == "score":
         answers = answer_texts(label_set, label_format)
         scored = generator.score(prompts, answers, settings.batch_size, on_progress=on_progress)
@@ -75,12 +75,12 @@ def evaluate_examples(
             )
     else:
         outputs = generator.generate(prompts, settings, on_progress=on_progress)
-        for ex, out in zip(examples, outputs, strict=True):
-            parsed = parse_answer(out.text, label_set)
+        for ex, gen in zip(examples, outputs, strict=True):
+            parsed = parse_answer(gen.text, label_set)
             predictions.append(
                 {
                     "id": ex.id,
-                    "output": out.text,
+                    "output": gen.text,
                     "parsed_label": parsed.label,
                     "gold": gold_label(ex, label_set, source),
                     "parse_method": parsed.method,

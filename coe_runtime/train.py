@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from coe_runtime import progress
 from coe_runtime.data.dialogue import Example, read_examples_uri
@@ -202,9 +202,10 @@ def build_trainable_model(step: TrainStep, device: str | None = None) -> PreTrai
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, cfg)
+        peft_model = get_peft_model(model, cfg)
     except ValueError as e:
         raise ConfigError(f"lora: {e}") from None
+    return cast("PreTrainedModel", peft_model)  # a PeftModel forwards the wrapped model's API
 
 
 def _unwrap(model: Any) -> Any:
@@ -516,7 +517,7 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
     trainer = _trainer_class()(
         model=model,
         args=args,
-        train_dataset=data.features,  # type: ignore[arg-type]
+        train_dataset=data.features,
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[_callback_class()(step, dirs, evaluator), *extra_callbacks],
@@ -648,8 +649,9 @@ class _DevEvaluator:
                     tmp.rename(self.state_dir / "best-adapter")
                     record = {k: metrics[k] for k in ("epoch", "weighted_f1", "macro_f1", "accuracy")}
                     (self.state_dir / "best.json").write_text(json.dumps(record, indent=2))
+                    best = record
                 progress.report(
                     step=self.step.name, phase="eval", epoch=epoch,
-                    message=f"dev weighted F1 {metrics['weighted_f1']:.2f} (best: epoch {self.best['epoch']})",
+                    message=f"dev weighted F1 {metrics['weighted_f1']:.2f} (best: epoch {best['epoch']})",
                 )  # fmt: skip
         _barrier()

