@@ -41,7 +41,7 @@ from coe_runtime import progress
 from coe_runtime.errors import EXIT_RETRYABLE, CoEError, ConfigError, StoreError, is_retryable
 from coe_runtime.record import published_manifest
 from coe_runtime.step import dump_step
-from coe_runtime.store import FileStore, Store, cache_dir, get_store, join
+from coe_runtime.store import FileStore, Store, atomic_write, cache_dir, get_store, join
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -526,9 +526,8 @@ class LocalExecutor:
             "since": time.time(),
         }
         path = self.run_dir / "executor.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(lock))
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            f.write(json.dumps(lock))
         if self.mirror:
             self.store.put_file(path, join(runs_prefix(self.spec), "executor.json"))
 

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance
+from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance, iter_jsonl
 from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.step import DatasetSource
@@ -513,17 +513,7 @@ def read_jsonl(path: Path, split: str | None, labels: LabelNormalizer, notes: Re
     dialogues: dict[str, Dialogue] = {}
     dialogue_lines: dict[str, int] = {}
     seen: dict[str, int | None] = {}
-    for line, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                str(path),
-                line,
-                f"not valid JSON ({e.msg} at column {e.colno}): truncated file? {JSONL_EXPECTED}",
-            ) from None
+    for line, obj in iter_jsonl(text.splitlines(), str(path), f"truncated file? {JSONL_EXPECTED}"):
         if not isinstance(obj, dict):
             raise DataError(str(path), line, f"found a JSON {type(obj).__name__}; {JSONL_EXPECTED}")
         missing = [k for k in JSONL_KEYS if k not in obj]
@@ -716,13 +706,7 @@ def _splits_of_file(path: Path, format: str) -> dict[str, Path]:
         if named is not None:
             return {named: path}
         present: set[str] = set()
-        for line, raw in enumerate(_read_text(path).splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), line, f"not valid JSON ({e.msg}); {JSONL_EXPECTED}") from None
+        for _, obj in iter_jsonl(_read_text(path).splitlines(), str(path), JSONL_EXPECTED):
             value = obj.get("split") if isinstance(obj, dict) else None
             if isinstance(value, str) and value.strip().lower() in SPLIT_ALIASES:
                 present.add(SPLIT_ALIASES[value.strip().lower()])
