@@ -227,7 +227,7 @@ def failing_logs(kube: Kube, namespace: str, status: dict, lines: int = 20) -> d
 
 def render_status(obj: dict, logs: dict[str, str]):
     """A rich renderable: the phase line, the step table, and failing steps' log tails."""
-    from rich.console import Group
+    from rich.console import Group, RenderableType
     from rich.table import Table
     from rich.text import Text
 
@@ -254,7 +254,7 @@ def render_status(obj: dict, logs: dict[str, str]):
             _duration(s.get("startTime"), s.get("finishTime")),
             _metrics_text(s.get("metrics") or {}),
         )
-    parts = [head, table]
+    parts: list[RenderableType] = [head, table]
     for s in status.get("steps") or []:
         # Why a step waits or failed, as the controller saw it: a pod's waiting reason
         # (ImagePullBackOff, CreateContainerConfigError, Unschedulable), restarts, exit codes.

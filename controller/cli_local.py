@@ -112,63 +112,18 @@ def print_step_actions(console: Any, state: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from coe_controller.planner import plan, plan_as_dicts
+    from coe_controller.planner import plan
     from coe_controller.spec import load_spec
-    from rich.table import Table
 
     spec = load_spec(args.spec)
     console = _console(args)
     state = None if args.no_store else _observe_or_none(spec, console)
     steps = state.plan if state is not None else plan(spec, {})
     if args.output == "json":
-        rows = plan_as_dicts(steps)
-        if state is not None:
-            for row, v in zip(rows, state.steps, strict=True):
-                row.update({"action": step_action(v), "changes": v.changes})
-        _print_json({"experiment": spec.name, "strategy": spec.spec.strategy, "steps": rows})
+        _print_json(_plan_document(spec, steps, state))
         return 0
-    table = Table(title=f"{spec.name}: {spec.spec.strategy} ({len(steps)} steps)", title_justify="left")
-    for col in ("#", "step", "kind", "needs", "starts from", "reads", "resources"):
-        table.add_column(col, overflow="fold")
-    prefix = f"{spec.spec.store.rstrip('/')}/{spec.name}/"
-
-    def short(uri: str | None) -> str:
-        return "-" if not uri else uri.removeprefix(prefix)
-
-    for i, s in enumerate(steps, 1):
-        c = s.config
-        start = getattr(c, "init_adapter", None) or getattr(c, "adapter", None)
-        if s.kind == "train" and start is None:
-            start = "base model"
-        reads: list[str] = []
-        if s.kind == "train":
-            reads = [*c.train_files, *([c.eval_file] if c.eval_file else [])]
-        elif s.kind == "generate":
-            reads = [c.input_file]
-        elif s.kind == "steer_round":
-            reads = [c.memory, c.pool]
-        elif s.kind in ("prepare", "clues"):
-            reads = [f"{c.dataset.format} data"] + ([c.clues] if getattr(c, "clues", None) else [])
-        elif s.kind == "model":
-            reads = [f"Hub {c.base_model.name_or_path}" + (f"@{c.revision}" if c.revision else "")]
-        r = s.resources
-        res = (
-            f"{r.gpus_per_pod} GPU x{c.distributed.nproc_per_node} proc x{c.distributed.nnodes} node"
-            if r
-            else ""
-        )
-        name = f"{s.name} [yellow](tentative)[/]" if s.tentative else s.name
-        table.add_row(
-            str(i),
-            name,
-            s.kind,
-            ", ".join(s.needs) or "-",
-            short(start) if start != "base model" else start,
-            "\n".join(short(x) if "://" in x else x for x in reads),
-            res,
-        )
-    console.print(table)
-    console.print(f"outputs under {prefix}<step>/<fingerprint>/")
+    console.print(_plan_table(spec, steps))
+    console.print(f"outputs under {_experiment_folder(spec)}<step>/<fingerprint>/")
     if any(s.tentative for s in steps):
         console.print(
             "[yellow]tentative[/]: planned as if every undecided STEeR round continues; "
@@ -177,6 +132,85 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if state is not None:
         print_step_actions(console, state)
     return 0
+
+
+def _plan_document(spec: Any, steps: list, state: Any) -> dict[str, Any]:
+    """``coe-ctl plan --output json``: the steps, with what a run does with each when the store was read."""
+    from coe_controller.planner import plan_as_dicts
+
+    rows = plan_as_dicts(steps)
+    if state is not None:
+        for row, v in zip(rows, state.steps, strict=True):
+            row.update({"action": step_action(v), "changes": v.changes})
+    return {"experiment": spec.name, "strategy": spec.spec.strategy, "steps": rows}
+
+
+def _experiment_folder(spec: Any) -> str:
+    return f"{spec.spec.store.rstrip('/')}/{spec.name}/"
+
+
+def _plan_table(spec: Any, steps: list) -> Any:
+    """One row per planned step: what it needs, starts from and reads (URIs under the experiment's
+    folder shortened), and where it runs."""
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name}: {spec.spec.strategy} ({len(steps)} steps)", title_justify="left")
+    for col in ("#", "step", "kind", "needs", "starts from", "reads", "resources"):
+        table.add_column(col, overflow="fold")
+    prefix = _experiment_folder(spec)
+
+    def short(uri: str | None) -> str:
+        return "-" if not uri else uri.removeprefix(prefix)
+
+    for i, s in enumerate(steps, 1):
+        start = _starts_from(s.config)
+        name = f"{s.name} [yellow](tentative)[/]" if s.tentative else s.name
+        table.add_row(
+            str(i),
+            name,
+            s.kind,
+            ", ".join(s.needs) or "-",
+            short(start) if start != "base model" else start,
+            "\n".join(short(x) if "://" in x else x for x in _step_reads(s.config)),
+            _step_resources(s),
+        )
+    return table
+
+
+def _starts_from(config: Any) -> str | None:
+    """The adapter a step starts from; a training step without one starts from the base model."""
+    start = getattr(config, "init_adapter", None) or getattr(config, "adapter", None)
+    if config.kind == "train" and start is None:
+        return "base model"
+    return start
+
+
+def _step_reads(config: Any) -> list[str]:
+    """What a step reads, by its kind."""
+    from coe_runtime import step as rt
+
+    c = config
+    if isinstance(c, rt.TrainStep):
+        return [*c.train_files, *([c.eval_file] if c.eval_file else [])]
+    if isinstance(c, rt.GenerateStep):
+        return [c.input_file]
+    if isinstance(c, rt.SteerRoundStep):
+        return [c.memory, c.pool]
+    if isinstance(c, rt.PrepareStep):
+        return [f"{c.dataset.format} data"] + ([c.clues] if c.clues else [])
+    if isinstance(c, rt.CluesStep):
+        return [f"{c.dataset.format} data"]
+    if isinstance(c, rt.ModelStep):
+        return [f"Hub {c.base_model.name_or_path}" + (f"@{c.revision}" if c.revision else "")]
+    return []
+
+
+def _step_resources(step: Any) -> str:
+    r = step.resources
+    if not r:
+        return ""
+    d = step.config.distributed
+    return f"{r.gpus_per_pod} GPU x{d.nproc_per_node} proc x{d.nnodes} node"
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -213,34 +247,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         if state is not None:
             print_step_actions(console, state)
     result = executor.run()
-    if result.interrupted:
-        console.print(
-            f"[yellow]interrupted[/] during {result.failed.step}; run the same command again to resume."
-        )
-        return EXIT_INTERRUPTED
-    if not result.ok:
-        f = result.failed
-        console.print(f"[red]step {f.step} failed[/]: {f.reason}")
-        console.print(f"log: {f.log_uri}   (coe-ctl logs {f.step} --spec {args.spec})")
-        if f.log_tail:
-            console.print("last log lines:")
-            for line in f.log_tail:
-                console.print("  " + line, markup=False, highlight=False)
-        if args.output == "json":
-            _print_json(
-                {
-                    "ok": False,
-                    "failed_step": f.step,
-                    "reason": f.reason,
-                    "log": f.log_uri,
-                    "log_tail": f.log_tail,
-                }
-            )
-        return EXIT_FAILED
+    if result.interrupted or not result.ok:
+        assert result.failed is not None  # a run that did not finish names the step it stopped at
+        return _report_unfinished(args, console, result.failed, result.interrupted)
     summary = experiment_summary(spec)
     if args.output == "json":
         _print_json({"ok": True, **summary})
         return 0
+    _print_results(console, summary)
+    return 0
+
+
+def _report_unfinished(args: argparse.Namespace, console: Any, failed: Any, interrupted: bool) -> int:
+    """An interrupted run (resumable) or a failed step: its reason, log and last log lines."""
+    if interrupted:
+        console.print(f"[yellow]interrupted[/] during {failed.step}; run the same command again to resume.")
+        return EXIT_INTERRUPTED
+    f = failed
+    console.print(f"[red]step {f.step} failed[/]: {f.reason}")
+    console.print(f"log: {f.log_uri}   (coe-ctl logs {f.step} --spec {args.spec})")
+    if f.log_tail:
+        console.print("last log lines:")
+        for line in f.log_tail:
+            console.print("  " + line, markup=False, highlight=False)
+    if args.output == "json":
+        _print_json(
+            {
+                "ok": False,
+                "failed_step": f.step,
+                "reason": f.reason,
+                "log": f.log_uri,
+                "log_tail": f.log_tail,
+            }
+        )
+    return EXIT_FAILED
+
+
+def _print_results(console: Any, summary: dict[str, Any]) -> None:
     console.print(_summary_table(summary))
     for key, label in (
         ("adapter", "ERC adapter"),
@@ -250,7 +293,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if summary.get(key):
             console.print(f"{label}: {summary[key]}")
     console.print(f"all artifacts: {summary['store']}/")
-    return 0
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -272,10 +314,7 @@ def _resolve_experiment(args: argparse.Namespace) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from coe_controller.local import experiment_status, list_experiments
-    from rich.table import Table
-
-    from coe_runtime.store import normalize_uri
+    from coe_controller.local import experiment_status
 
     is_file = bool(args.target) and (Path(args.target).is_file() or args.target.endswith((".yaml", ".yml")))
     if not is_file and not args.store:
@@ -283,18 +322,43 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         return int(cluster_status(args) or 0)
     if not args.target:
-        names = list_experiments(normalize_uri(args.store))
-        if args.output == "json":
-            _print_json({"store": args.store, "experiments": names})
-        else:
-            print("\n".join(names) if names else f"no local runs in {args.store}")
-        return 0
+        return _list_local_runs(args)
     spec = _resolve_experiment(args)
     status = experiment_status(spec)
     if args.output == "json":
         _print_json(status)
         return 0
     console = _console(args)
+    console.print(_status_table(status))
+    for r in status["steps"]:
+        if r["stale"]:
+            console.print(f"[yellow]{r['name']} is stale[/]: " + ("; ".join(r["changes"]) or "changed"))
+    if status["holds_earlier_results"]:
+        console.print(
+            "the results above are the current spec's; the store also holds results of an earlier spec "
+            "(other fingerprints, kept as they were)"
+        )
+    console.print(f"artifacts: {status['store']}/")
+    return 0 if status["phase"] != "Failed" else EXIT_FAILED
+
+
+def _list_local_runs(args: argparse.Namespace) -> int:
+    """``coe-ctl status --store URI`` without an experiment: the names of the runs saved there."""
+    from coe_controller.local import list_experiments
+
+    from coe_runtime.store import normalize_uri
+
+    names = list_experiments(normalize_uri(args.store))
+    if args.output == "json":
+        _print_json({"store": args.store, "experiments": names})
+    else:
+        print("\n".join(names) if names else f"no local runs in {args.store}")
+    return 0
+
+
+def _status_table(status: dict[str, Any]) -> Any:
+    from rich.table import Table
+
     colours = {
         "succeeded": "green",
         "running": "cyan",
@@ -309,17 +373,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         c = colours.get(r["state"], "white")
         dur = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         t.add_row(r["name"], r["kind"], f"[{c}]{r['state']}[/]", str(r["attempts"]), dur, r["metric"] or "")
-    console.print(t)
-    for r in status["steps"]:
-        if r["stale"]:
-            console.print(f"[yellow]{r['name']} is stale[/]: " + ("; ".join(r["changes"]) or "changed"))
-    if status["holds_earlier_results"]:
-        console.print(
-            "the results above are the current spec's; the store also holds results of an earlier spec "
-            "(other fingerprints, kept as they were)"
-        )
-    console.print(f"artifacts: {status['store']}/")
-    return 0 if status["phase"] != "Failed" else EXIT_FAILED
+    return t
 
 
 # -- logs --------------------------------------------------------------------------------------
