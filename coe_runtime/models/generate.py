@@ -31,7 +31,7 @@ from coe_runtime.step import GenerationSettings, ModelRef
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 # A label tag as the answer parser reads it: ``<joy>``, ``< sadness >``.
 _TAG_AT_END = re.compile(r"<\s*([A-Za-z][A-Za-z _-]*?)\s*>[^<>]*$")
@@ -298,24 +298,32 @@ class Generator:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         return input_ids.to(self.device), attention.to(self.device), positions.to(self.device)
 
-    def _score_prefix_batch(self, rows: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
-        """[prompts, answers] log-likelihoods: one prefill of the prompts, then (when an answer has
-        more than one token) one pass over every (prompt, answer) pair against the shared cache."""
-        import torch
+    def _prefill(
+        self, rows: list[list[int]]
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over the left-padded ``rows`` into a fresh KV cache: (cache, attention_mask,
+        position_ids, the last position's logits)."""
         from transformers import DynamicCache
 
-        n, k = len(rows), len(answer_ids)
         input_ids, attention, positions = self._left_padded(rows)
         cache = DynamicCache()
-        cache_kw = self._cache_kwarg()
         last = self.model(
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
             use_cache=True,
-            **{cache_kw: cache},
+            **{self._cache_kwarg(): cache},
             **self._last_logits_kwargs(),
         ).logits[:, -1, :]
+        return cache, attention, positions, last
+
+    def _score_prefix_batch(self, rows: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
+        """[prompts, answers] log-likelihoods: one prefill of the prompts, then (when an answer has
+        more than one token) one pass over every (prompt, answer) pair against the shared cache."""
+        import torch
+
+        n, k = len(rows), len(answer_ids)
+        cache, attention, positions, last = self._prefill(rows)
         first = torch.tensor([a[0] for a in answer_ids], device=self.device)
         scores = torch.log_softmax(last.float(), dim=-1)[:, first]  # [n, k]
         longest = max(len(a) for a in answer_ids)
@@ -340,7 +348,7 @@ class Generator:
             attention_mask=att,
             position_ids=pos,
             use_cache=True,
-            **{cache_kw: cache},
+            **{self._cache_kwarg(): cache},
         ).logits
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, want.repeat(n, 1)[..., None]).squeeze(-1)
         rest = (logp * mask.repeat(n, 1)).sum(-1).view(n, k)
@@ -431,29 +439,11 @@ class Generator:
     ) -> list[list[int]]:
         """Greedy/sampled decoding of one left-padded batch with a KV cache that shrinks as rows finish."""
         import torch
-        from transformers import DynamicCache
 
         device = self.device
-        pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache, attention, positions, logits = self._prefill(batch)
         cache_kw = self._cache_kwarg()
-        logits = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_kw: cache},
-            **self._last_logits_kwargs(),
-        ).logits[:, -1, :]
         next_pos = positions[:, -1] + 1
         active = list(range(len(batch)))  # original row of each live row
         new_tokens: list[list[int]] = [[] for _ in batch]
