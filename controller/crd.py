@@ -29,6 +29,7 @@ _DROP = ("title", "default", "$defs")
 
 
 def _structural(node: Any, defs: dict) -> Any:
+    """A JSON-schema node as a Kubernetes structural schema (the rules: this module's docstring)."""
     if isinstance(node, list):
         return [_structural(n, defs) for n in node]
     if not isinstance(node, dict):
@@ -38,34 +39,49 @@ def _structural(node: Any, defs: dict) -> Any:
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return _structural(merged, defs)
     if "anyOf" in node:
-        options = [o for o in node["anyOf"] if o != {"type": "null"}]
-        nullable = len(options) < len(node["anyOf"])
-        rest = {k: v for k, v in node.items() if k != "anyOf"}
-        if len(options) == 1:
-            out = _structural({**options[0], **rest}, defs)
-        else:  # a real union: structural schemas cannot say it; keep it free-form
-            out = {**_structural(rest, defs), "x-kubernetes-preserve-unknown-fields": True}
-        if nullable:
-            out["nullable"] = True
-        return out
+        return _structural_union(node, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "const":
-            out["enum"] = [value]
-        elif key == "exclusiveMinimum" and not isinstance(value, bool):
-            out["minimum"], out["exclusiveMinimum"] = value, True
-        elif key == "exclusiveMaximum" and not isinstance(value, bool):
-            out["maximum"], out["exclusiveMaximum"] = value, True
-        elif key == "additionalProperties" and value is True:
-            out["x-kubernetes-preserve-unknown-fields"] = True
-        elif key == "properties":
-            out["properties"] = {k: _structural(v, defs) for k, v in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = _structural(value, defs)
-        else:
-            out[key] = value
+        if key not in _DROP:
+            out.update(_structural_keyword(key, value, defs))
+    return _completed(out, defs)
+
+
+def _structural_union(node: dict, defs: dict) -> Any:
+    """``anyOf``: ``Optional[X]`` becomes ``X`` + ``nullable``; a real union (structural schemas
+    cannot say it) stays free-form."""
+    options = [o for o in node["anyOf"] if o != {"type": "null"}]
+    nullable = len(options) < len(node["anyOf"])
+    rest = {k: v for k, v in node.items() if k != "anyOf"}
+    if len(options) == 1:
+        out = _structural({**options[0], **rest}, defs)
+    else:
+        out = {**_structural(rest, defs), "x-kubernetes-preserve-unknown-fields": True}
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _structural_keyword(key: str, value: Any, defs: dict) -> dict[str, Any]:
+    """One keyword of a schema object, as the structural schema spells it (one or two keywords)."""
+    if key == "const":
+        return {"enum": [value]}
+    if key == "exclusiveMinimum" and not isinstance(value, bool):
+        return {"minimum": value, "exclusiveMinimum": True}
+    if key == "exclusiveMaximum" and not isinstance(value, bool):
+        return {"maximum": value, "exclusiveMaximum": True}
+    if key == "additionalProperties" and value is True:
+        return {"x-kubernetes-preserve-unknown-fields": True}
+    if key == "properties":
+        return {"properties": {k: _structural(v, defs) for k, v in value.items()}}
+    if key in ("items", "additionalProperties"):
+        return {key: _structural(value, defs)}
+    return {key: value}
+
+
+def _completed(out: dict[str, Any], defs: dict) -> dict[str, Any]:
+    """What a structural schema object needs beyond its keywords: a type, items for a tuple, and
+    unknown fields kept where nothing describes them."""
     if "prefixItems" in out:  # fixed-length tuples: an array of the common item type
         items = out.pop("prefixItems")
         out["items"] = _structural(items[0], defs) if items else {}
