@@ -310,73 +310,46 @@ class CluesSpec(_Spec):
         return self
 
 
+_RUNTIME_DEFAULT: Any = object()
+
+
+def _optim(field: str, description: str, default: Any = _RUNTIME_DEFAULT) -> Any:
+    """A spec field with ``rt.OptimSettings``' bounds for ``field`` and its default (or ``default``;
+    ``...``: required)."""
+    if default is _RUNTIME_DEFAULT:
+        default = _default(rt.OptimSettings, field)
+    return Field(default, **_bounds(rt.OptimSettings, field), description=description)
+
+
 class OptimizerSpec(_Spec):
     """Optimiser settings shared by every training stage (per-stage epochs/batch sizes in ``training``)."""
 
-    learning_rate: float = Field(
-        _default(rt.OptimSettings, "learning_rate"),
-        **_bounds(rt.OptimSettings, "learning_rate"),
-        description="Peak learning rate.",
-    )
+    learning_rate: float = _optim("learning_rate", "Peak learning rate.")
     betas: list[float] = Field(
         list(_default(rt.OptimSettings, "betas")), min_length=2, max_length=2, description="AdamW betas."
     )
-    weight_decay: float = Field(
-        _default(rt.OptimSettings, "weight_decay"),
-        **_bounds(rt.OptimSettings, "weight_decay"),
-        description="AdamW weight decay.",
-    )
-    warmup_ratio: float = Field(
-        _default(rt.OptimSettings, "warmup_ratio"),
-        **_bounds(rt.OptimSettings, "warmup_ratio"),
-        description="Linear warm-up share of the steps.",
-    )
-    per_device_batch_size: int = Field(
-        _default(rt.OptimSettings, "per_device_batch_size"),
-        **_bounds(rt.OptimSettings, "per_device_batch_size"),
-        description="Examples per device per step.",
-    )
-    gradient_accumulation_steps: int = Field(
-        _default(rt.OptimSettings, "gradient_accumulation_steps"),
-        **_bounds(rt.OptimSettings, "gradient_accumulation_steps"),
-        description="Steps per optimiser update.",
-    )
-    gradient_checkpointing: bool = Field(
-        _default(rt.OptimSettings, "gradient_checkpointing"), description="Trade compute for memory."
-    )
-    group_by_length: bool = Field(
-        _default(rt.OptimSettings, "group_by_length"), description="Batch examples of similar length."
-    )
-    seed: int = Field(_default(rt.OptimSettings, "seed"), description="Training seed.")
-    checkpoint_every_steps: int = Field(
-        _default(rt.OptimSettings, "checkpoint_every_steps"),
-        **_bounds(rt.OptimSettings, "checkpoint_every_steps"),
-        description="Checkpoint cadence; 0 = every epoch.",
-    )
+    weight_decay: float = _optim("weight_decay", "AdamW weight decay.")
+    warmup_ratio: float = _optim("warmup_ratio", "Linear warm-up share of the steps.")
+    per_device_batch_size: int = _optim("per_device_batch_size", "Examples per device per step.")
+    gradient_accumulation_steps: int = _optim("gradient_accumulation_steps", "Steps per optimiser update.")
+    gradient_checkpointing: bool = _optim("gradient_checkpointing", "Trade compute for memory.")
+    group_by_length: bool = _optim("group_by_length", "Batch examples of similar length.")
+    seed: int = _optim("seed", "Training seed.")
+    checkpoint_every_steps: int = _optim("checkpoint_every_steps", "Checkpoint cadence; 0 = every epoch.")
 
 
 class StageSettings(_Spec):
     """One stage's training length and batch size (unset fields follow ``optimizer``)."""
 
-    epochs: float = Field(**_bounds(rt.OptimSettings, "epochs"), description="Training epochs of this stage.")
-    per_device_batch_size: int | None = Field(
-        None,
-        **_bounds(rt.OptimSettings, "per_device_batch_size"),
-        description="Overrides optimizer.perDeviceBatchSize.",
+    epochs: float = _optim("epochs", "Training epochs of this stage.", default=...)
+    per_device_batch_size: int | None = _optim(
+        "per_device_batch_size", "Overrides optimizer.perDeviceBatchSize.", default=None
     )
-    gradient_accumulation_steps: int | None = Field(
-        None,
-        **_bounds(rt.OptimSettings, "gradient_accumulation_steps"),
-        description="Overrides optimizer.gradientAccumulationSteps.",
+    gradient_accumulation_steps: int | None = _optim(
+        "gradient_accumulation_steps", "Overrides optimizer.gradientAccumulationSteps.", default=None
     )
-    learning_rate: float | None = Field(
-        None, **_bounds(rt.OptimSettings, "learning_rate"), description="Overrides optimizer.learningRate."
-    )
-    max_steps: int = Field(
-        _default(rt.OptimSettings, "max_steps"),
-        **_bounds(rt.OptimSettings, "max_steps"),
-        description="Stop after this many optimiser steps; 0 = from epochs.",
-    )
+    learning_rate: float | None = _optim("learning_rate", "Overrides optimizer.learningRate.", default=None)
+    max_steps: int = _optim("max_steps", "Stop after this many optimiser steps; 0 = from epochs.")
 
 
 class TrainingSpec(_Spec):
