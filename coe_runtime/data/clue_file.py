@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coe_runtime.data.dialogue import parse_json
 from coe_runtime.errors import DataError
 from coe_runtime.store import atomic_write
 
@@ -150,13 +151,7 @@ def load_clues(uri: str | Path) -> Clues:
         raise DataError(
             str(uri), None, f"not UTF-8 text ({e.reason} at byte {e.start}); expected a JSON clue file"
         ) from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            str(uri), e.lineno, f"not valid JSON ({e.msg}, column {e.colno}); expected a clue file"
-        ) from None
-    return parse_clues(obj, str(uri))
+    return parse_clues(parse_json(text, str(uri), "expected a clue file"), str(uri))
 
 
 def write_clues(path: str | Path, clues: Clues) -> None:

@@ -98,6 +98,17 @@ def write_examples(path: str | Path, examples: Iterable[Example]) -> int:
     return n
 
 
+def parse_json(text: str, source: str, expected: str) -> Any:
+    """A whole JSON document; one that is not JSON is a DataError naming ``source`` and the line,
+    then ``expected``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            source, e.lineno, f"not valid JSON ({e.msg} at column {e.colno}): {expected}"
+        ) from None
+
+
 def iter_jsonl(lines: Iterable[str], source: str, expected: str) -> Iterator[tuple[int, Any]]:
     """``(line number, value)`` of each non-blank line of a JSONL text; a line that is not JSON is a
     DataError naming ``source`` and the line, then ``expected`` (what a line should hold)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance, iter_jsonl
+from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance, iter_jsonl, parse_json
 from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.step import DatasetSource
@@ -414,12 +413,7 @@ def read_emorynlp_json(
     """EmoryNLP v1.0: ``{"season_id", "episodes": [{"episode_id", "scenes": [{"scene_id", "utterances":
     [{"utterance_id", "speakers", "transcript", "emotion", …}]}]}]}``."""
     text = _read_text(path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            str(path), e.lineno, f"not valid JSON ({e.msg} at column {e.colno}): truncated file?"
-        ) from None
+    doc = parse_json(text, str(path), "truncated file?")
     uid_lines = _json_uid_lines(text)
     expected_doc = "expected an EmoryNLP v1.0 object with 'episodes' → 'scenes' → 'utterances'"
     if not isinstance(doc, dict) or not isinstance(doc.get("episodes"), list):
