@@ -26,7 +26,7 @@ from bench._bench_common import machine, peak_rss_mb, run_child, synthetic  # no
 
 def variant(name: str, n: int, batch_size: int, device: str) -> dict:
     from coe_runtime.models.loading import load_tokenizer
-    from coe_runtime.step import ModelRef, TrainStep
+    from coe_runtime.step import MAX_LENGTH, ModelRef, TrainStep
     from coe_runtime.train import (
         LengthGroupedBatchSampler,
         PaddingCollator,
@@ -39,7 +39,7 @@ def variant(name: str, n: int, batch_size: int, device: str) -> dict:
     torch.manual_seed(0)
     ref = ModelRef()
     tok = load_tokenizer(ref)
-    feats = [tokenize_example(tok, ex.prompt, ex.target, 1400) for ex in synthetic(n, seed=2)]
+    feats = [tokenize_example(tok, ex.prompt, ex.target, MAX_LENGTH) for ex in synthetic(n, seed=2)]
     lengths = [len(f["input_ids"]) for f in feats]
     step = TrainStep(
         name="bench",
