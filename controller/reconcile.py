@@ -25,6 +25,7 @@ from typing import Any
 
 from coe_controller import policy, render
 from coe_controller.kube import Conflict, Kube, KubeError, NotFound
+from coe_controller.spec import ResourcesSpec
 
 log = logging.getLogger("coe_controller.reconcile")
 
@@ -227,11 +228,12 @@ def restart_limit(job: dict, policy: RetryPolicy) -> int:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_retries: int = 2  # new jobs for a step after a failed one
+    # New jobs for a step after a failed one (resources.maxRetries; its default when none is given).
+    max_retries: int = ResourcesSpec.model_fields["max_retries"].default
     backoff_base_s: float = 10.0  # delay before retry k is base * 2**(k-1), capped
     backoff_max_s: float = 300.0
     # Pod restarts allowed within one job (resources.backoffLimit) when the job does not say its own.
-    restart_limit: int = 3
+    restart_limit: int = ResourcesSpec.model_fields["backoff_limit"].default
 
     def delay(self, failed_attempt: int) -> float:
         return min(self.backoff_base_s * 2 ** max(failed_attempt - 1, 0), self.backoff_max_s)
