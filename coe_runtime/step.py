@@ -82,6 +82,8 @@ LabelFormat = Literal["tag", "word"]
 # How an ERC evaluation picks the label: ``generate`` (decode, then parse the text) or ``score``
 # (the label whose answer text has the highest log-likelihood after the prompt; never unparsed).
 Decoding = Literal["generate", "score"]
+# The task example sets a prepare step can write.
+TaskName = Literal["erc", "roleplay", "speaker_id", "steer"]
 
 
 class DistributedSettings(_Model):
@@ -172,7 +174,7 @@ class PrepareStep(_StepBase):
     clues: str | None = None  # URI of a clue file (from a clues step or the user)
     # With no clue file, the bundled demo data uses its bundled clues.json; False: no clues at all.
     use_bundled_clues: bool = True
-    tasks: list[Literal["erc", "roleplay", "speaker_id", "steer"]] = ["erc"]
+    tasks: list[TaskName] = ["erc"]
     steer: SteerOptions = SteerOptions()
     label_format: LabelFormat = "tag"  # the ERC answer the prompts ask for and the targets hold
 

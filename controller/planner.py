@@ -100,9 +100,9 @@ def _model(model: Any, target: type[BaseModel]) -> Any:
     return target.model_validate(model.model_dump())
 
 
-def prepared_tasks(order: Sequence[str]) -> list[str]:
+def prepared_tasks(order: Sequence[str]) -> list[rt.TaskName]:
     """The task sets the prepare step writes for a curriculum (ERC always; mixed needs both others)."""
-    tasks = ["erc"]
+    tasks: list[rt.TaskName] = ["erc"]
     if "roleplay" in order or "mixed" in order:
         tasks.append("roleplay")
     if "speaker_id" in order or "mixed" in order:
@@ -171,7 +171,7 @@ class _Planner:
         return rt.OptimSettings(
             epochs=st.epochs,
             learning_rate=st.learning_rate or o.learning_rate,
-            betas=tuple(o.betas),
+            betas=(o.betas[0], o.betas[1]),  # the spec checks there are two
             weight_decay=o.weight_decay,
             warmup_ratio=o.warmup_ratio,
             per_device_batch_size=st.per_device_batch_size or o.per_device_batch_size,
