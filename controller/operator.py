@@ -82,12 +82,7 @@ class LeaderElector:
         try:
             lease = self.kube.get_lease(self.namespace, self.name)
         except NotFound:
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": self._spec(now, transitions=0, acquired=now),
-            }
+            body = self._lease(self._spec(now, transitions=0, acquired=now))
             try:
                 self.kube.create_lease(self.namespace, body)
             except Conflict:
@@ -104,17 +99,7 @@ class LeaderElector:
             return self._lost()
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
         acquired = _parse_time(spec.get("acquireTime")) if holder == self.identity else now
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            # resourceVersion makes the update conditional: 409 if someone wrote since we read
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "resourceVersion": (lease.get("metadata") or {}).get("resourceVersion"),
-            },
-            "spec": self._spec(now, transitions, acquired or now),
-        }
+        body = self._lease(self._spec(now, transitions, acquired or now), read=lease)
         try:
             self.kube.replace_lease(self.namespace, self.name, body)
         except Conflict:
@@ -123,6 +108,14 @@ class LeaderElector:
             log.warning("leader election: cannot renew lease: %s", e)
             return self.is_leader(now)
         return self._won(now)
+
+    def _lease(self, spec: dict, read: dict | None = None) -> dict:
+        """Our Lease object with ``spec``; with the lease ``read``, its resourceVersion, which makes
+        the update conditional (409 if someone wrote since we read it)."""
+        metadata = {"name": self.name, "namespace": self.namespace}
+        if read is not None:
+            metadata["resourceVersion"] = (read.get("metadata") or {}).get("resourceVersion")
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
     def _spec(self, now: float, transitions: int, acquired: float) -> dict:
         return {
@@ -166,22 +159,14 @@ class LeaderElector:
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return True  # another replica holds it already
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": self.name,
-                    "namespace": self.namespace,
-                    "resourceVersion": (lease.get("metadata") or {}).get("resourceVersion"),
-                },
-                "spec": {
-                    "holderIdentity": "",
-                    "leaseDurationSeconds": 1,
-                    "acquireTime": _micro(now),
-                    "renewTime": _micro(now),
-                    "leaseTransitions": int(spec.get("leaseTransitions") or 0),
-                },
+            released = {
+                "holderIdentity": "",
+                "leaseDurationSeconds": 1,
+                "acquireTime": _micro(now),
+                "renewTime": _micro(now),
+                "leaseTransitions": int(spec.get("leaseTransitions") or 0),
             }
+            body = self._lease(released, read=lease)
             try:
                 self.kube.replace_lease(self.namespace, self.name, body)
             except Conflict:
