@@ -146,3 +146,40 @@ def test_the_bundled_data_digest_covers_the_seed_files():
 
     seeds = [p for p in SEEDS_DIR.iterdir() if p.is_file()]
     assert seeds and len(bundled_data_digest()) == 16
+
+
+# The quick start's and the GPU erc-only example's fingerprints as of 2026-12-02. A fingerprint is a
+# stored result's identity: a change here (a step config field, a default, bundled seed or demo data)
+# makes every user's stored steps stale and reruns them. Refactors must leave these alone; a change
+# that means to alter results bumps STEP_SCHEMA_VERSION (or edits the data) and records the new values.
+KNOWN_FINGERPRINTS = {
+    "quickstart.yaml": {
+        "erc": "aeb9bfb9a3ba6a91",
+        "prepare": "b91dcc997a3a16c8",
+        "roleplay": "d2ceb8f686420433",
+        "speaker-id": "ce96cab9857d7463",
+        "steer-r1": "66a41d36118ea2d9",
+        "steer-r1-train": "4994d2cac23284f8",
+        "steer-r2": "50765b4a36eed6ea",
+        "steer-r2-train": "dac74315916b08bf",
+        "test": "7f0c379d2d7814d0",
+    },
+    "quality-erc-only.yaml": {
+        "erc": "eacc4aefcb9ad86b",
+        "model": "0cedf24112b71b14",
+        "prepare": "93e19b3ea5d277ec",
+        "test": "81a4185066d201a7",
+    },
+}
+
+
+@pytest.mark.parametrize("example", sorted(KNOWN_FINGERPRINTS))
+def test_the_example_specs_keep_their_recorded_fingerprints(example):
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "manifests" / "examples" / example
+    spec = parse_spec(yaml.safe_load(path.read_text()))
+    rounds = {i: {"continue": True} for i in range(1, 10)}
+    assert _fps(spec, rounds) == KNOWN_FINGERPRINTS[example]
