@@ -118,7 +118,7 @@ def load_clues_for(path: str | None, fmt: str):
 # --------------------------------------------------------------------------------------------
 
 
-def length_summary(values: Sequence[int]) -> dict[str, int]:
+def length_summary(values: Sequence[int]) -> dict[str, float]:  # an even count's median is a half
     ordered = sorted(values)
     mid = len(ordered) // 2
     median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

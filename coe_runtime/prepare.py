@@ -112,7 +112,11 @@ def build_prepared_files(
 ) -> dict[str, list[Example]]:
     """The example lists of every output file, keyed by file name (pure: no I/O)."""
     src = step.dataset
-    opts = {"history_window": src.history_window, "max_length": src.max_length, "count_tokens": count_tokens}
+    opts: dict[str, Any] = {
+        "history_window": src.history_window,
+        "max_length": src.max_length,
+        "count_tokens": count_tokens,
+    }
     limits = {"train": src.max_train_examples, "dev": src.max_dev_examples, "test": src.max_test_examples}
     files: dict[str, list[Example]] = {}
     if "erc" in step.tasks:
@@ -169,7 +173,9 @@ def run_prepare(
     if not is_rank_zero():
         return {"skipped": "only rank 0 prepares"}
     if load_split is None:
-        from coe_runtime.data.readers import load_split
+        from coe_runtime.data.readers import load_split as read_split
+
+        load_split = read_split
     ref = step.dataset.label_set
     label_set = get_label_set(ref.name, ref.naming, ref.custom_prompt_names or None)
     splits = present_splits(step)

@@ -190,7 +190,8 @@ def build_steer_sets(
                 f"seed uid {s.uid!r} says label {s.label!r} but the data says {d.utterances[i].label!r}",
             )
         by_uid[s.uid] = s
-    memory, pool = [], []
+    memory: list[Example] = []
+    pool: list[Example] = []
     budget = _BudgetFailures("steer", max_length)
     for d in dialogues:
         for i, u in enumerate(d.utterances):
