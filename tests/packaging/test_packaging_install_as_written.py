@@ -1,6 +1,10 @@
 """The install commands of README.md and docs/cluster.md, followed literally, give a controller that starts:
 every object validates (kubernetes-validate, strict), and every Secret / ConfigMap / ServiceAccount the
-Deployment needs is rendered, created by a documented command, or marked optional."""
+Deployment needs is rendered, created by a documented command, or marked optional.
+
+The rest of docs/cluster.md is held to the code the same way: its chart values table names real values with
+their defaults, its values and spec snippets render, its coe-ctl commands parse with coe-ctl's own parser,
+and every repository path and in-page link it names exists."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import re
 import shlex
 
 import pytest
+import yaml
 
 from tests.packaging import packaging_support as ps
 from tests.packaging.packaging_sync import helm_template
@@ -22,14 +27,19 @@ def _shell_blocks(text: str) -> list[list[str]]:
     return [[c for c in cmds if c] for cmds in out]
 
 
+def _is_helm_install(cmd: list[str]) -> bool:
+    """``helm install …`` or ``helm upgrade --install …``."""
+    return cmd[:2] == ["helm", "install"] or (cmd[:2] == ["helm", "upgrade"] and "--install" in cmd)
+
+
 def _install_paths(doc: str) -> list[list[list[str]]]:
-    """The blocks of ``doc`` that run ``helm install``."""
+    """The blocks of ``doc`` that run ``helm install`` (or ``helm upgrade --install``)."""
     text = (ps.REPO / doc).read_text()
-    return [cmds for cmds in _shell_blocks(text) if any(c[:2] == ["helm", "install"] for c in cmds)]
+    return [cmds for cmds in _shell_blocks(text) if any(_is_helm_install(c) for c in cmds)]
 
 
 def _helm_install_args(cmd: list[str]) -> tuple[str, str, tuple[str, ...]]:
-    release, chart, *rest = cmd[2:]
+    release, chart, *rest = [a for a in cmd[2:] if a != "--install"]
     assert chart == "charts/coe-controller", cmd
     namespace, sets, i = "default", [], 0
     while i < len(rest):
@@ -99,11 +109,15 @@ def test_documented_install_yields_a_controller_that_starts(doc):
     assert paths, f"{doc} has no helm install block"
     for cmds in paths:
         created = _created_secrets(cmds)
-        for cmd in (c for c in cmds if c[:2] == ["helm", "install"]):
+        for cmd in (c for c in cmds if _is_helm_install(c)):
             release, namespace, sets = _helm_install_args(cmd)
-            _check_starts(
+            dep = _check_starts(
                 helm_template(release=release, namespace=namespace, set_values=sets), namespace, created
             )
+            env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+            for s in sets:
+                if s.startswith("jobApis="):  # --set 'jobApis={TrainJob}': what the controller watches
+                    assert env["COE_JOB_APIS"] == s.partition("=")[2].strip("{}"), cmd
 
 
 def test_chart_can_create_the_s3_secret_from_values():
@@ -157,3 +171,155 @@ def test_policy_values_reach_the_controller():
     assert not p.allows_secret("someone-elses") and p.allows_secret("hf-token")
     default = helm_template(release="coe", namespace="ml")
     assert "COE_ALLOWED_" not in default
+
+
+# -- the rest of docs/cluster.md ---------------------------------------------------------------------------
+CLUSTER_DOC = ps.REPO / "docs" / "cluster.md"
+
+
+def _yaml_blocks(text: str) -> list[dict]:
+    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
+
+
+def _values_table(text: str) -> list[tuple[list[str], list[str]]]:
+    """(value keys, defaults) of each row of the "value | default | meaning" table."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| value | default | meaning |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        key_cell, default_cell, _ = (c.strip() for c in line.strip().strip("|").split("|"))
+        keys: list[str] = []
+        for k in re.findall(r"`([^`]+)`", key_cell):
+            keys.append(keys[-1].rsplit(".", 1)[0] + k if k.startswith(".") else k)  # `a.b` / `.c`
+        rows.append((keys, re.findall(r"`([^`]*)`", default_cell)))
+    return rows
+
+
+def _lookup(values: dict, key: str):
+    node = values
+    for part in key.split("."):
+        assert isinstance(node, dict) and part in node, (
+            f"docs/cluster.md names chart value {key!r}: not in values.yaml"
+        )
+        node = node[part]
+    return node
+
+
+def test_the_values_table_names_real_values_with_their_defaults():
+    values = yaml.safe_load((ps.CHART / "values.yaml").read_text())
+    rows = _values_table(CLUSTER_DOC.read_text())
+    assert rows
+    for keys, defaults in rows:
+        for key in keys:
+            _lookup(values, key[: -len(".*")] if key.endswith(".*") else key)
+        if defaults:
+            assert len(defaults) in (1, len(keys)), (keys, defaults)
+            for key, default in zip(
+                keys, defaults * len(keys) if len(defaults) == 1 else defaults, strict=True
+            ):
+                assert _lookup(values, key) == yaml.safe_load(default), f"{key}: documented default {default}"
+
+
+def test_the_documented_policy_values_render(tmp_path):
+    ps.require_helm()
+    (block,) = [b for b in _yaml_blocks(CLUSTER_DOC.read_text()) if set(b) == {"policy"}]
+    values = tmp_path / "policy.yaml"
+    values.write_text(yaml.safe_dump(block))
+    (dep,) = ps.by_kind(
+        ps.documents(helm_template(values, release="coe-controller", namespace="coe")), "Deployment"
+    )
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for key, var in (
+        ("allowedImages", "COE_ALLOWED_IMAGES"),
+        ("allowedServiceAccounts", "COE_ALLOWED_SERVICE_ACCOUNTS"),
+        ("allowedSecrets", "COE_ALLOWED_SECRETS"),
+    ):
+        assert env[var] == ",".join(block["policy"][key])
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def test_the_documented_spec_snippets_validate_and_render(tmp_path):
+    """Each ``spec:`` snippet, put into the MELD example, is a valid experiment whose pods get it."""
+    from coe_controller.cli_cluster import render_spec
+
+    base = yaml.safe_load((ps.REPO / "manifests" / "examples" / "meld-mistral7b.yaml").read_text())
+    snippets = [b for b in _yaml_blocks(CLUSTER_DOC.read_text()) if set(b) == {"spec"}]
+    assert snippets
+    for i, snippet in enumerate(snippets):
+        path = tmp_path / f"snippet-{i}.yaml"
+        path.write_text(yaml.safe_dump(_merged(base, snippet)))
+        objs = render_spec(str(path))
+        pods = [
+            spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+            for spec in (o["spec"] for o in objs if o["kind"] == "PyTorchJob")
+        ]
+        assert pods
+        for mount in snippet["spec"].get("resources", {}).get("volumeMounts", []):
+            for pod in pods:
+                assert mount in pod["containers"][0]["volumeMounts"]
+                assert mount["name"] in {v["name"] for v in pod["volumes"]}
+
+
+def _coe_ctl_commands(text: str) -> list[list[str]]:
+    """The coe-ctl commands of the bash blocks, up to a pipe or redirection."""
+    out = []
+    for cmds in _shell_blocks(text):
+        for c in cmds:
+            if c[:1] == ["coe-ctl"]:
+                end = next((i for i, a in enumerate(c) if a in ("|", ">", ">>", "&&", ";")), len(c))
+                out.append(c[1:end])
+    return out
+
+
+def test_the_documented_coe_ctl_commands_parse():
+    from coe_controller.cli import build_parser
+
+    commands = _coe_ctl_commands(CLUSTER_DOC.read_text())
+    assert len(commands) >= 5
+    for argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"coe-ctl {' '.join(argv)}: coe-ctl refuses it") from e
+
+
+_REPO_PATH = re.compile(r"(?<![\w/.])((?:charts|manifests|images|controller|coe_runtime|tests)/[\w./{},-]*)")
+
+
+def _expand(path: str) -> list[str]:
+    m = re.search(r"\{([^}]*)\}", path)
+    if not m:
+        return [path]
+    return [p for alt in m.group(1).split(",") for p in _expand(path[: m.start()] + alt + path[m.end() :])]
+
+
+def test_every_repository_path_the_guide_names_exists():
+    text = CLUSTER_DOC.read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)  # inline code spans, then the bash blocks whole
+    spans = re.findall(r"`([^`]+)`", prose) + re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    named = {p.rstrip(".,") for span in spans for p in _REPO_PATH.findall(span)}
+    assert named
+    missing = sorted(p for p in named for q in _expand(p) if not (ps.REPO / q).exists())
+    assert not missing, f"docs/cluster.md names paths that do not exist: {missing}"
+
+
+def test_every_link_of_the_guide_resolves():
+    text = CLUSTER_DOC.read_text()
+    headings = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+    anchors = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        page, _, anchor = target.partition("#")
+        if page:
+            assert (CLUSTER_DOC.parent / page).is_file(), target
+        elif anchor:
+            assert anchor in anchors, f"no heading for #{anchor}"
