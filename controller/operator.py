@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from coe_controller import policy, reconcile, render
 from coe_controller.kube import Conflict, Kube, KubeError, NotFound
@@ -112,7 +113,7 @@ class LeaderElector:
     def _lease(self, spec: dict, read: dict | None = None) -> dict:
         """Our Lease object with ``spec``; with the lease ``read``, its resourceVersion, which makes
         the update conditional (409 if someone wrote since we read it)."""
-        metadata = {"name": self.name, "namespace": self.namespace}
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if read is not None:
             metadata["resourceVersion"] = (read.get("metadata") or {}).get("resourceVersion")
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}

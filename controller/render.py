@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from coe_controller import rbac
 
@@ -110,12 +110,15 @@ def config_map_name(experiment: str, step: str, fingerprint: str = "") -> str:
     return _name_with_suffix(f"{experiment}-{step}", f"{fp}-config", _DNS1035_MAX)
 
 
+ImagePullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """Cluster settings of an experiment that shape its pods (from the spec's ``resources``)."""
 
     image: str = DEFAULT_IMAGE
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: ImagePullPolicy = "IfNotPresent"
     gpus_per_pod: int = 0
     cpu: str | None = None
     memory: str | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from coe_controller import owned, render
@@ -25,8 +25,8 @@ from coe_runtime.data.labels import BUILTIN
 from coe_runtime.errors import ConfigError
 from coe_runtime.step import format_validation_error
 
-API_VERSION = "coe.ml/v1alpha1"
-KIND = "CoEExperiment"
+API_VERSION: Final = "coe.ml/v1alpha1"
+KIND: Final = "CoEExperiment"
 
 _CAMEL = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
@@ -192,7 +192,8 @@ class DatasetFiles(_Spec):
 class DatasetSpec(rt.DatasetSource):
     model_config = _CAMEL
 
-    files: DatasetFiles = DatasetFiles()
+    # The runtime's files are a plain {split: location} dict; the spec's are named fields (to_source).
+    files: DatasetFiles = DatasetFiles()  # type: ignore[assignment]
     label_set: LabelSetSpec = LabelSetSpec(name="demo")
     # Not a reader setting (the clues step does not see it): the planner gives it to prepare,
     # the ERC training's dev evaluation and the test step.
@@ -600,7 +601,7 @@ class ResourcesSpec(PodCustomisation):
         None, ge=1, description="Processes per pod (torchrun); unset = gpusPerPod, or 1 without GPUs."
     )
     image: str = Field(render.DEFAULT_IMAGE, description="Runtime container image.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+    image_pull_policy: render.ImagePullPolicy = Field(
         _JOB.image_pull_policy, description="Image pull policy."
     )
     deepspeed: str | None = Field(
