@@ -3,13 +3,23 @@
 It reads the real step config, checks that the inputs it would read are published, writes small
 outputs of the right names (round decisions, metrics) and publishes them through the real store,
 so the controller sees exactly what a real step leaves behind — in a fraction of a second.
+
+As the real runtime, only node 0 publishes (``PET_NODE_RANK``, which torchrun reads as its node rank;
+the other nodes check their inputs and exit 0). Two knobs, set as pod env through the experiment's
+``resources.env`` (a step's own through ``resources.overrides``), let a test stop a pod mid-run:
+``FAKE_RUNTIME_HOLD_S`` (wait that long before publishing) and ``FAKE_RUNTIME_IGNORE_SIGTERM=1`` (a
+runtime that ignores SIGTERM, so only the SIGKILL at the end of the grace period stops it). Without
+the latter, SIGTERM ends the process by Python's default action (the container reports 143).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from coe_runtime.record import publish_step
@@ -19,6 +29,8 @@ from coe_runtime.store import get_store
 
 def main(argv: list[str]) -> int:
     kind, config = argv[0], argv[argv.index("--config") + 1]
+    if os.environ.get("FAKE_RUNTIME_IGNORE_SIGTERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     step = load_step(config)
     assert step.kind == kind, (step.kind, kind)
     store = get_store(step.output)
@@ -27,6 +39,12 @@ def main(argv: list[str]) -> int:
     if adapter and not store.list(adapter):
         print(f"fake runtime: input adapter {adapter} is not published", file=sys.stderr)
         return 2
+    print(f"fake runtime: started {kind}", flush=True)
+    time.sleep(float(os.environ.get("FAKE_RUNTIME_HOLD_S", "0")))
+    node = int(os.environ.get("PET_NODE_RANK", "0"))
+    if node != 0:
+        print(f"fake runtime: node {node} done (node 0 publishes)")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if kind == "train":

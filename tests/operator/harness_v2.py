@@ -16,6 +16,8 @@ For each TrainJob the controller creates, :class:`TrainerV2` plays, rule by rule
   ../shared/k8s/trainer-v2/), its JobSet template with ``runtimePatches`` merged (``mergeRuntimePatches``, a
   strategic merge: lists by ``name``), and ``spec.trainer`` applied to the ``node`` container
   (``pkg/runtime/framework/plugins/jobset/builder.go`` Trainer: image, command, env, resourcesPerNode);
+* the **kubelet** of node 0's pod: :class:`tests.support.kubelet.Kubelet`, shared with the v1 harness
+  (volumes, env, the fake or real runtime call);
 * the **torch plugin** (``pkg/runtime/framework/plugins/torch/torch.go`` ``EnforceMLPolicy``): env
   PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR
   ``<trainjob>-node-0-0.<trainjob>`` and PET_MASTER_PORT 29500 (``pkg/constants/constants.go``
@@ -37,29 +39,24 @@ For each TrainJob the controller creates, :class:`TrainerV2` plays, rule by rule
   when a ``podFailurePolicy`` rule ``FailJob`` matches the exit code; active pods of a failed Job are
   deleted. With maxRestarts 0 (no failurePolicy in the runtime) a failed Job fails the JobSet.
 
-Not modelled (said so where it matters): pods other than index 0 (only node 0 runs here, as only the
-Master runs in the v1 harness), initializers, the headless Service, gang scheduling, Kueue admitting a
-suspended TrainJob, JobSet failurePolicy restarts, TTL cleanup, and informer timing.
+Not modelled (said so where it matters): pods other than index 0 (only node 0 runs here; the v1 harness
+runs every replica), deleting a running pod (SIGTERM, the grace period: modelled for v1 only),
+initializers, the headless Service, gang scheduling, Kueue admitting a suspended TrainJob, JobSet
+failurePolicy restarts, TTL cleanup, and informer timing.
 """
 
 from __future__ import annotations
 
-import base64
-import collections
 import copy
-import os
-import re
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from tests.operator.harness import REPO, _now, _parse
+from tests.operator.harness import _now, _parse
 from tests.support.kmock_api import KubeAPI, free_port
-from tests.support.pythonpath import child_pythonpath
+from tests.support.kubelet import Kubelet
 from tests.support.shared import SHARED
 
 KIND = "TrainJob"
@@ -148,20 +145,11 @@ def load_torch_distributed() -> dict:
     return yaml.safe_load("\n".join(line for line in text.splitlines() if "{{" not in line))
 
 
-class TrainerV2:
-    def __init__(self, api: KubeAPI, namespace: str, workdir: Path, *, fake: bool = True):
-        from kubernetes import client
+class TrainerV2(Kubelet):
+    container = NODE
 
-        self.api, self.namespace, self.workdir, self.fake = api, namespace, Path(workdir), fake
-        self.custom = client.CustomObjectsApi(api.api_client())
-        self.core = client.CoreV1Api(api.api_client())
-        self.fail_attempts: dict[str, int] = {}  # step -> every pod of its first N job attempts fails
-        self.fail_runs: dict[str, int] = {}  # step -> its first N pod runs (over all its jobs) fail
-        self.fail_code = 175
-        self.logs: dict[str, str] = {}
-        self.ran: list[str] = []
-        self.pod_runs: collections.Counter[str] = collections.Counter()
-        self.pods_created: collections.Counter[str] = collections.Counter()
+    def __init__(self, api: KubeAPI, namespace: str, workdir: Path, *, fake: bool = True):
+        super().__init__(api, namespace, workdir, fake=fake)
         self.injected: dict[str, dict[str, str]] = {}  # job -> the PET_* env as v2 injects it
         self.hostnames: dict[str, str] = {}  # pod name -> hostname.subdomain
         self.runtimes: dict[str, dict] = {}  # ClusterTrainingRuntimes installed (else the API's)
@@ -525,77 +513,18 @@ class TrainerV2:
             self.reconcile(job)
 
     def run(self, job: dict) -> int:
-        """Run node 0's trainer container once to completion; returns its exit code."""
-        name = job["metadata"]["name"]
-        step = job["metadata"]["labels"]["coe.ml/step"]
-        attempt = int(job["metadata"]["labels"]["coe.ml/attempt"])
-        self.ran.append(name)
-        self.pod_runs[step] += 1
-        if attempt <= self.fail_attempts.get(step, 0) or self.pod_runs[step] <= self.fail_runs.get(step, 0):
-            self.logs[name] = f"step {step}: injected failure\nerror (injected, exit {self.fail_code})\n"
-            return self.fail_code
-        pod = self.pod_template(job)["template"]["spec"]
-        container = next(c for c in pod["containers"] if c["name"] == NODE)
-        root = self.workdir / name
-        mounts: dict[str, Path] = {}
-        volumes = {v["name"]: v for v in pod.get("volumes") or []}
-        for m in container.get("volumeMounts") or []:
-            local = root / "mnt" / m["name"]
-            local.mkdir(parents=True, exist_ok=True)
-            mounts[m["mountPath"]] = local
-        shared = str(self.workdir.parent)  # the test's store: shared storage, never remapped
-        pattern = re.compile("|".join(re.escape(p) for p in [shared, *sorted(mounts, key=len, reverse=True)]))
+        """Run node 0's trainer container once to completion (tests/support/kubelet.py); returns its
+        exit code."""
+        pod = self._node0(job)
+        assert pod is not None, f"{job['metadata']['name']}: no pod of node 0 to run"
+        return self.run_pods(job, [pod], record=False)[pod["metadata"]["name"]]
 
-        def sub(text: str) -> str:
-            return pattern.sub(
-                lambda m: m.group(0) if m.group(0) == shared else str(mounts[m.group(0)]), text
-            )
-
-        config_maps = {c["metadata"]["name"]: c for c in self.api.objects("configmaps", self.namespace)}
-        for m in container.get("volumeMounts") or []:
-            vol = volumes[m["name"]]
-            if "configMap" in vol:
-                cm = config_maps[vol["configMap"]["name"]]
-                for item in vol["configMap"].get("items") or [{"key": k, "path": k} for k in cm["data"]]:
-                    (mounts[m["mountPath"]] / item["path"]).write_text(sub(cm["data"][item["key"]]))
-        env = {
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-            "PYTHONPATH": child_pythonpath(),
-            "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        secrets_ = {s["metadata"]["name"]: s for s in self.api.objects("secrets", self.namespace)}
-        injected = {}
-        for e in container.get("env") or []:
-            if "value" in e:
-                env[e["name"]] = sub(e["value"])
-            elif "secretKeyRef" in (e.get("valueFrom") or {}):
-                ref = e["valueFrom"]["secretKeyRef"]
-                data = (secrets_.get(ref["name"]) or {}).get("data") or {}
-                if ref["key"] in data:
-                    env[e["name"]] = base64.b64decode(data[ref["key"]]).decode()
-                else:
-                    assert ref.get("optional"), f"secret {ref['name']} has no key {ref['key']}"
-            elif "fieldRef" in (e.get("valueFrom") or {}):
-                env[e["name"]] = "0"  # the completion index annotation of node 0
-            if e["name"].startswith("PET_"):
-                injected[e["name"]] = env.get(e["name"], "")
-        self.injected[name] = injected
-        port = free_port()
-        env.update(PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port))  # no cluster DNS here
-        for d in ("HOME", "TMPDIR", "COE_CACHE_DIR"):
-            if d in env:
-                Path(env[d]).mkdir(parents=True, exist_ok=True)
-        cmd = [sub(a) for a in container["command"]]
-        assert cmd[:3] == ["python", "-m", "coe_runtime.launch"], cmd
-        if self.fake:
-            module_at = cmd.index("coe_runtime") - 1
-            cmd = [sys.executable, "-m", "tests.operator.fake_runtime", *cmd[module_at + 2 :]]
-        else:
-            cmd[0] = sys.executable
-        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-        self.logs[name] = proc.stdout[-4000:] + proc.stderr[-4000:]
-        return proc.returncode
+    def network(self, job: dict, pod: dict, env: dict[str, str]) -> dict[str, str]:
+        """The PET_* env recorded as v2 injects it (:attr:`injected`); then PET_MASTER_ADDR, the pod
+        hostname behind JobSet's headless Service, becomes 127.0.0.1 and PET_MASTER_PORT a free port: no
+        DNS for that Service here."""
+        self.injected[job["metadata"]["name"]] = {k: v for k, v in env.items() if k.startswith("PET_")}
+        return dict(env, PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(free_port()))
 
     def record_pod(self, job: dict, exit_code: int) -> None:
         """The kubelet's record of node 0's container end, by the pod's restartPolicy: Succeeded; or
