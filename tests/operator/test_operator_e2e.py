@@ -15,7 +15,7 @@ import pytest
 import yaml
 from coe_controller import crd
 
-from tests.operator.harness import ControllerProcess, TrainingOperator, wait_for
+from tests.operator.harness import NS, TrainingOperator, wait_for
 from tests.support.kmock_api import KubeAPI
 from tests.support.layout import without_fingerprint
 from tests.support.shared import SHARED, need_shared
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.k8s
 
 REPO = Path(__file__).resolve().parents[2]
 PYTORCHJOB_CRD = SHARED / "k8s" / "kubeflow.org_pytorchjobs.yaml"
-NS = "coe-test"
 
 
 def pytorchjob_schema() -> dict:
@@ -73,29 +72,10 @@ def experiment_doc(
 
 
 @pytest.fixture()
-def api():
-    server = KubeAPI().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def cluster(api, tmp_path):
+def cluster(api, tmp_path, emulated_cluster):
     """The emulator with a namespace's S3 Secret, a kubeconfig, a harness and a controller (not started)."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(api.api_client())
-    core.create_namespaced_secret(
-        NS, {"metadata": {"name": "coe-s3", "namespace": NS}, "stringData": {}, "data": {}}
-    )
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", NS)
     harness = TrainingOperator(api, NS, tmp_path / "pods", fake=True)
-    controller = ControllerProcess(kubeconfig, NS, log=tmp_path / "controller.log")
-    yield api, harness, controller, tmp_path
-    controller.kill()
-    for job, text in harness.logs.items():  # shown when a test fails: what each step's pod printed
-        print(f"--- pod log of {job} ---\n{text[-2000:]}")
-    print((tmp_path / "controller.log").read_text()[-5000:] if (tmp_path / "controller.log").exists() else "")
+    return api, harness, emulated_cluster([harness]), tmp_path
 
 
 def submit(api: KubeAPI, doc: dict) -> None:

@@ -13,7 +13,7 @@ import yaml
 from coe_controller.spec import parse_spec
 
 from coe_runtime.store import get_store
-from tests.operator.harness import ControllerProcess, TrainingOperator
+from tests.operator.harness import TrainingOperator
 from tests.operator.harness_v2 import TrainerV2
 from tests.operator.test_operator_e2e import (
     NS,
@@ -25,7 +25,6 @@ from tests.operator.test_operator_e2e import (
     validate_writes,
 )
 from tests.operator.test_operator_trainjob import check_trainjob, trainjob_schema
-from tests.support.kmock_api import KubeAPI
 from tests.support.layout import without_fingerprint
 
 pytestmark = pytest.mark.k8s
@@ -43,32 +42,11 @@ def harness_for(job_api: str, api, tmp):
 
 
 @pytest.fixture()
-def api():
-    server = KubeAPI().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def cluster(api, tmp_path):
-    from kubernetes import client
-
-    core = client.CoreV1Api(api.api_client())
-    core.create_namespaced_secret(
-        NS, {"metadata": {"name": "coe-s3", "namespace": NS}, "stringData": {}, "data": {}}
-    )
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", NS)
+def cluster(api, tmp_path, emulated_cluster):
     harnesses = {k: harness_for(k, api, tmp_path) for k in PLURAL}
     # both job APIs watched, as the chart sets it for jobApis: [PyTorchJob, TrainJob]
-    env = {"COE_JOB_APIS": "PyTorchJob,TrainJob"}
-    controller = ControllerProcess(kubeconfig, NS, env=env, log=tmp_path / "controller.log")
-    yield api, harnesses, controller, tmp_path
-    controller.kill()
-    for h in harnesses.values():
-        for job, text in h.logs.items():
-            print(f"--- pod log of {job} ---\n{text[-2000:]}")
-    log = tmp_path / "controller.log"
-    print(log.read_text()[-5000:] if log.exists() else "")
+    controller = emulated_cluster(harnesses.values(), env={"COE_JOB_APIS": "PyTorchJob,TrainJob"})
+    return api, harnesses, controller, tmp_path
 
 
 def validate_all(api) -> None:

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.k8s
 NS = "coe-test"
 
 
-@pytest.fixture
-def api():
-    api = KubeAPI().start()
-    yield api
-    api.stop()
-
-
 def _lease(api: KubeAPI) -> dict | None:
     leases = [o for o in api.objects("leases", NS) if o["metadata"]["name"] == LEASE_NAME]
     return leases[0] if leases else None
