@@ -14,8 +14,10 @@ naming. Bundled seed files live in ``coe_runtime/data/seeds/<label set>.jsonl``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coe_runtime.data.dialogue import iter_jsonl
 from coe_runtime.data.labels import get_label_set
@@ -43,31 +45,7 @@ def parse_seed_lines(lines: list[str], source: str, label_set_name: str) -> list
     seeds: list[Seed] = []
     first_line: dict[str, int] = {}
     for lineno, row in iter_jsonl(lines, source, "expected {uid, label, rationale}"):
-        if not isinstance(row, dict):
-            raise DataError(source, lineno, "expected a JSON object {uid, label, rationale}")
-        missing = [k for k in ("uid", "label", "rationale") if k not in row]
-        if missing:
-            raise DataError(source, lineno, f"seed is missing {missing}; expected keys uid, label, rationale")
-        unknown = sorted(set(row) - {"uid", "label", "rationale"})
-        if unknown:
-            raise DataError(source, lineno, f"unknown keys {unknown}; expected uid, label, rationale")
-        uid, label, rationale = row["uid"], row["label"], row["rationale"]
-        for key, value in (("uid", uid), ("label", label), ("rationale", rationale)):
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(source, lineno, f"{key}: expected a non-empty string, got {value!r}")
-        if label not in labels:
-            raise DataError(
-                source,
-                lineno,
-                f"label {label!r} is not in label set {label_set_name!r}; expected one of {list(labels)}",
-            )
-        tag = _TRAILING_TAG_RE.search(rationale)
-        if tag:
-            raise DataError(
-                source,
-                lineno,
-                f"rationale ends with a label tag {tag.group(0).strip()!r}; leave it out (the label set's prompt name is appended)",
-            )
+        uid, label, rationale = _seed_fields(row, source, lineno, labels, label_set_name)
         if uid in first_line:
             raise DataError(source, lineno, f"uid {uid!r} already has a seed on line {first_line[uid]}")
         first_line[uid] = lineno
@@ -75,6 +53,38 @@ def parse_seed_lines(lines: list[str], source: str, label_set_name: str) -> list
     if not seeds:
         raise DataError(source, None, "no seeds in file; expected JSON Lines {uid, label, rationale}")
     return seeds
+
+
+def _seed_fields(
+    row: Any, source: str, lineno: int, labels: Sequence[str], label_set_name: str
+) -> tuple[str, str, str]:
+    """(uid, label, rationale) of one seed line, or a DataError saying what is wrong with it."""
+    if not isinstance(row, dict):
+        raise DataError(source, lineno, "expected a JSON object {uid, label, rationale}")
+    missing = [k for k in ("uid", "label", "rationale") if k not in row]
+    if missing:
+        raise DataError(source, lineno, f"seed is missing {missing}; expected keys uid, label, rationale")
+    unknown = sorted(set(row) - {"uid", "label", "rationale"})
+    if unknown:
+        raise DataError(source, lineno, f"unknown keys {unknown}; expected uid, label, rationale")
+    uid, label, rationale = row["uid"], row["label"], row["rationale"]
+    for key, value in (("uid", uid), ("label", label), ("rationale", rationale)):
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(source, lineno, f"{key}: expected a non-empty string, got {value!r}")
+    if label not in labels:
+        raise DataError(
+            source,
+            lineno,
+            f"label {label!r} is not in label set {label_set_name!r}; expected one of {list(labels)}",
+        )
+    tag = _TRAILING_TAG_RE.search(rationale)
+    if tag:
+        raise DataError(
+            source,
+            lineno,
+            f"rationale ends with a label tag {tag.group(0).strip()!r}; leave it out (the label set's prompt name is appended)",
+        )
+    return uid, label, rationale
 
 
 def load_seeds(label_set_name: str, seed_file: str | None = None) -> list[Seed]:
