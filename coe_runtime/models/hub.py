@@ -277,18 +277,24 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     except hf.OfflineModeIsEnabled as e:
         raise ConfigError(f"{where}: {e}") from None
     except hf.HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise ConfigError(f"{where}: the Hub refused access (HTTP {status}); {token_hint}") from None
-        if status is not None and status < 500 and status != 429:
-            raise ConfigError(f"{where}: the Hub answered HTTP {status}: {e}") from None
-        raise TransientStoreError(f"{where}: the Hub is unavailable ({e})") from None
+        raise _hub_http_error(where, e, token_hint) from None
     except OSError as e:  # connection refused, DNS, timeouts (httpx's errors are not OSErrors: below)
         raise TransientStoreError(f"{where}: cannot reach the Hub ({e})") from None
     except Exception as e:  # noqa: BLE001 - httpx transport errors, without importing httpx here
         if type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
             raise TransientStoreError(f"{where}: cannot reach the Hub ({type(e).__name__}: {e})") from None
         raise
+
+
+def _hub_http_error(where: str, e: Exception, token_hint: str) -> Exception:
+    """What an HTTP error from the Hub means: access refused, or another 4xx, is permanent
+    (ConfigError); 429, 5xx and no status at all are an outage (TransientStoreError)."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        return ConfigError(f"{where}: the Hub refused access (HTTP {status}); {token_hint}")
+    if status is not None and status < 500 and status != 429:
+        return ConfigError(f"{where}: the Hub answered HTTP {status}: {e}")
+    return TransientStoreError(f"{where}: the Hub is unavailable ({e})")
 
 
 class LocalHub:
