@@ -67,6 +67,10 @@ class PlannedStep:
         return self.config.output
 
 
+# Steps that run as one CPU process whatever resources the training steps ask for.
+CPU_ONLY_STEPS = ("model", "prepare")
+
+
 def experiment_prefix(spec: CoEExperiment) -> str:
     """``<store>/<experiment-name>``: everything the experiment writes lives under it."""
     return join(spec.spec.store, spec.metadata.name)
@@ -137,23 +141,12 @@ class _Planner:
 
     def resources(self, key: str) -> ResourcesSpec:
         res = self.s.resources
-        if key == "model":
-            # Snapshotting a model needs no accelerator: one CPU process, unless resources.overrides.model
-            # says otherwise (e.g. more memory or a deadline for a 70B download).
+        if key in CPU_ONLY_STEPS:
+            # Snapshotting a model and preparing data need no accelerator: one CPU process.
+            # resources.overrides.<step> (e.g. more memory, or a deadline for a 70B download) applies
+            # on top of that, not instead of it.
             cpu_only = {"gpus_per_pod": 0, "nodes": 1, "nproc_per_node": 1, "deepspeed": None}
-            return res.model_copy(update={**cpu_only, "deepspeed_inline": None}).for_step("model")
-        if key == "prepare" and "prepare" not in res.overrides:
-            # Preparing data needs no accelerator: one CPU process.
-            return res.model_copy(
-                update={
-                    "gpus_per_pod": 0,
-                    "nodes": 1,
-                    "nproc_per_node": 1,
-                    "overrides": {},
-                    "deepspeed": None,
-                    "deepspeed_inline": None,
-                }
-            )
+            return res.model_copy(update={**cpu_only, "deepspeed_inline": None}).for_step(key)
         return res.for_step(key)
 
     def distributed(self, res: ResourcesSpec, training: bool) -> rt.DistributedSettings:

@@ -188,3 +188,19 @@ def test_local_planner_observe_rounds_reads_published_decisions(tmp_path):
     assert observe_rounds(spec, store) == {}  # not published until its manifest exists
     store.write_json(join(r1, "MANIFEST.json"), {"files": []})
     assert observe_rounds(spec, store) == {1: {"continue": True, "accepted": 4}}
+
+
+def test_local_planner_a_prepare_override_keeps_prepare_on_one_cpu_process():
+    # An override for more memory must not bring back the training steps' GPUs and processes.
+    spec = _spec(
+        resources={
+            "gpusPerPod": 2,
+            "nprocPerNode": 2,
+            "deepspeed": "zero2",
+            "overrides": {"prepare": {"memory": "16Gi"}},
+        }
+    )
+    prepare = next(s for s in plan(spec, ALL_CONTINUE) if s.name == "prepare")
+    assert prepare.resources.gpus_per_pod == 0 and prepare.resources.memory == "16Gi"
+    assert prepare.config.distributed.nproc_per_node == 1 and prepare.config.distributed.nnodes == 1
+    assert prepare.config.distributed.deepspeed is None
