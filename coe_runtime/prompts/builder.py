@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coe_runtime.data.clue_file import Clues
-from coe_runtime.data.dialogue import Dialogue
+from coe_runtime.data.dialogue import Dialogue, Utterance
 from coe_runtime.data.labels import LabelSet
 from coe_runtime.errors import ConfigError, DataError
 from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH, MIN_MAX_LENGTH
@@ -152,25 +152,7 @@ def _render(
     history = dialogue.utterances[history_start:index]
     parts = [_instruction(task) + "\n"]
     if clues is not None and cap != 0:
-        # Personas of the people on stage: shown speakers + the target's (all candidates for speaker-ID).
-        if task == "speaker_id":
-            people = candidates
-        else:
-            seen: dict[str, None] = {}
-            for u in [*history, target]:
-                for s in u.speakers:
-                    seen.setdefault(s, None)
-            people = list(seen)
-        persona_lines = []
-        for person in people:
-            text = clues.persona(dialogue.dialogue_id, person, dialogue.split, uid=target.uid)
-            if text:
-                persona_lines.append(f"- {person}: {_cap_words(clean(text), cap)}\n")
-        if persona_lines:
-            parts.append("### Personas\n" + "".join(persona_lines))
-        scene = clues.scene(dialogue.dialogue_id, dialogue.split)
-        if scene:
-            parts.append(f"### Scene\n{_cap_words(clean(scene), cap)}\n")
+        parts += _clue_sections(task, dialogue, index, history, clues, cap, candidates)
     if history:
         parts.append("### Dialogue so far\n" + "".join(f"{u.speaker}: {clean(u.text)}\n" for u in history))
     if task in ("erc", "steer"):
@@ -182,6 +164,44 @@ def _render(
     )
     parts.append(WORD_ANSWER_HEADER if task == "erc" and label_format == "word" else ANSWER_HEADER)
     return "\n".join(parts)
+
+
+def _clue_sections(
+    task: str,
+    dialogue: Dialogue,
+    index: int,
+    history: list[Utterance],
+    clues: Clues,
+    cap: int | None,
+    candidates: list[str],
+) -> list[str]:
+    """The Personas section (the people on stage) and the Scene section, clues cut to ``cap`` words."""
+    target = dialogue.utterances[index]
+    sections = []
+    persona_lines = []
+    for person in _people_on_stage(task, history, target, candidates):
+        text = clues.persona(dialogue.dialogue_id, person, dialogue.split, uid=target.uid)
+        if text:
+            persona_lines.append(f"- {person}: {_cap_words(clean(text), cap)}\n")
+    if persona_lines:
+        sections.append("### Personas\n" + "".join(persona_lines))
+    scene = clues.scene(dialogue.dialogue_id, dialogue.split)
+    if scene:
+        sections.append(f"### Scene\n{_cap_words(clean(scene), cap)}\n")
+    return sections
+
+
+def _people_on_stage(
+    task: str, history: list[Utterance], target: Utterance, candidates: list[str]
+) -> list[str]:
+    """Shown speakers and the target's, in order of appearance (all candidates for speaker-ID)."""
+    if task == "speaker_id":
+        return candidates
+    seen: dict[str, None] = {}
+    for u in [*history, target]:
+        for s in u.speakers:
+            seen.setdefault(s, None)
+    return list(seen)
 
 
 def speaker_candidates(dialogue: Dialogue) -> list[str]:
@@ -211,25 +231,10 @@ def build_prompt(
     ``hint_label`` (dataset's own label, STEeR only) adds the STaR rationalization hint.
     ``label_format`` (ERC only) picks the answer instruction: ``tag`` (``<option>``) or ``word``.
     """
-    _check_format(label_format)
-    if task not in PROMPT_TASKS:
-        raise ConfigError(f"unknown prompt task {task!r}; expected one of {list(PROMPT_TASKS)}")
-    if max_length < MIN_MAX_LENGTH:
-        raise ConfigError(
-            f"max_length {max_length} is below the minimum {MIN_MAX_LENGTH} tokens a prompt needs"
-        )
-    if history_window < 0:
-        raise ConfigError(f"history_window must be >= 0, got {history_window}")
-    if not 0 <= index < len(dialogue.utterances):
-        raise ConfigError(f"dialogue {dialogue.dialogue_id}: no utterance at index {index}")
-    if hint_label is not None and task != "steer":
-        raise ConfigError("hint_label is only for STEeR prompts (STaR rationalization)")
+    _check_prompt_request(dialogue, index, task, history_window, max_length, hint_label, label_format)
     count = count_tokens or estimate_tokens
     candidates = speaker_candidates(dialogue) if task == "speaker_id" else []
-    # Room for the target, and for STEeR the longest possible hint, so the hinted prompt fits too.
-    extra = count(target) if target else 0
-    if task == "steer":
-        extra += max(count(hint_line(p)) for p in label_set.prompt_names)
+    extra = _reserved_tokens(task, target, label_set, count)
 
     def finish(text: str, n: int, start: int, cap: int | None) -> BuiltPrompt:
         if hint_label is not None:
@@ -247,28 +252,13 @@ def build_prompt(
     text, n = size(window_start, None)
     if n <= max_length:
         return finish(text, n, window_start, None)
-    lo, hi, fit = window_start + 1, index, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        text, n = size(mid, None)
-        if n <= max_length:
-            fit, hi = (text, n, mid), mid - 1
-        else:
-            lo = mid + 1
+    fit = _earliest_fitting_start(lambda start: size(start, None), window_start + 1, index, max_length)
     if fit is not None:
         return finish(fit[0], fit[1], fit[2], None)
     # 2. No history left: shorten clues, the largest common word cap that fits (binary search).
     if clues is not None:
-        lo, hi = 0, _longest_clue_words(dialogue, index, clues, candidates, task)
-        best: tuple[str, int, int] | None = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            text, n = size(index, mid)
-            if n <= max_length:
-                best = (text, n, mid)
-                lo = mid + 1
-            else:
-                hi = mid - 1
+        longest = _longest_clue_words(dialogue, index, clues, candidates, task)
+        best = _largest_fitting_cap(lambda cap: size(index, cap), longest, max_length)
         if best is not None:
             return finish(best[0], best[1], index, best[2])
     # 3. The uncuttable parts alone do not fit.
@@ -282,6 +272,72 @@ def build_prompt(
         required=needed,
         uid=u.uid,
     )
+
+
+def _check_prompt_request(
+    dialogue: Dialogue,
+    index: int,
+    task: str,
+    history_window: int,
+    max_length: int,
+    hint_label: str | None,
+    label_format: str,
+) -> None:
+    _check_format(label_format)
+    if task not in PROMPT_TASKS:
+        raise ConfigError(f"unknown prompt task {task!r}; expected one of {list(PROMPT_TASKS)}")
+    if max_length < MIN_MAX_LENGTH:
+        raise ConfigError(
+            f"max_length {max_length} is below the minimum {MIN_MAX_LENGTH} tokens a prompt needs"
+        )
+    if history_window < 0:
+        raise ConfigError(f"history_window must be >= 0, got {history_window}")
+    if not 0 <= index < len(dialogue.utterances):
+        raise ConfigError(f"dialogue {dialogue.dialogue_id}: no utterance at index {index}")
+    if hint_label is not None and task != "steer":
+        raise ConfigError("hint_label is only for STEeR prompts (STaR rationalization)")
+
+
+def _reserved_tokens(task: str, target: str, label_set: LabelSet, count: CountTokens) -> int:
+    """Room for the target, and for STEeR the longest possible hint, so the hinted prompt fits too."""
+    extra = count(target) if target else 0
+    if task == "steer":
+        extra += max(count(hint_line(p)) for p in label_set.prompt_names)
+    return extra
+
+
+def _earliest_fitting_start(
+    size: Callable[[int], tuple[str, int]], lo: int, hi: int, max_length: int
+) -> tuple[str, int, int] | None:
+    """(text, tokens, start) of the earliest history start in ``lo..hi`` whose prompt fits, by
+    binary search (a later start never needs more tokens); None when none fits."""
+    fit = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        text, n = size(mid)
+        if n <= max_length:
+            fit, hi = (text, n, mid), mid - 1
+        else:
+            lo = mid + 1
+    return fit
+
+
+def _largest_fitting_cap(
+    size: Callable[[int], tuple[str, int]], hi: int, max_length: int
+) -> tuple[str, int, int] | None:
+    """(text, tokens, cap) of the largest clue word cap in ``0..hi`` whose prompt fits, by binary
+    search; None when even cap 0 (no clues) does not fit."""
+    lo = 0
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        text, n = size(mid)
+        if n <= max_length:
+            best = (text, n, mid)
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def _longest_clue_words(
