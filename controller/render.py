@@ -660,6 +660,9 @@ class TrainJobRenderer:
                     "manager": RUNTIME_PATCH_MANAGER,
                     "trainingRuntimeSpec": {
                         "template": {
+                            # Trainer v2 labels the JobSet from this patch (and the runtime's
+                            # template) only, so `kubectl get jobsets -l coe.ml/experiment=...` works.
+                            "metadata": {"labels": dict(meta.get("labels") or {})},
                             "spec": {
                                 "replicatedJobs": [
                                     {
@@ -671,7 +674,7 @@ class TrainJobRenderer:
                                         },
                                     }
                                 ]
-                            }
+                            },
                         }
                     },
                 }
@@ -706,6 +709,10 @@ class TrainJobRenderer:
         for template in self._pod_templates(job):
             tmeta = template.setdefault("metadata", {})
             tmeta["labels"] = {**(tmeta.get("labels") or {}), LABEL_ATTEMPT: str(attempt), LABEL_JOB: name}
+        for patch in job["spec"].get("runtimePatches") or []:
+            jobset = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("metadata")
+            if jobset is not None:
+                jobset["labels"] = {**(jobset.get("labels") or {}), LABEL_ATTEMPT: str(attempt)}
         return job
 
     def state(self, job: dict) -> JobState:

@@ -136,6 +136,9 @@ def test_a_trainjob_carries_what_the_pytorchjob_of_the_same_step_carries():
         s3 = trainer["env"][len(c1["env"]) :]
         assert {e["name"] for e in s3} >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
         assert all(e["valueFrom"]["secretKeyRef"]["name"] == "coe-s3" for e in s3)
+        # the JobSet's labels come from the runtime patch: the TrainJob's own
+        (patch,) = tj["spec"]["runtimePatches"]
+        assert patch["trainingRuntimeSpec"]["template"]["metadata"] == {"labels": tj["metadata"]["labels"]}
         pod = _patched_pod(tj)
         assert pod["metadata"] == master["metadata"]  # coe.ml/job, attempt, fingerprint, podLabels
         assert pod["metadata"]["labels"][render.LABEL_JOB] == tj["metadata"]["name"]
@@ -240,6 +243,8 @@ def test_each_job_api_brings_its_own_api_rule_and_the_retry_keeps_the_frozen_pod
     assert "status" not in again and again["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
     labels = _patched_pod(again)["metadata"]["labels"]
     assert (labels[render.LABEL_ATTEMPT], labels[render.LABEL_JOB]) == ("2", "exp-x-a2")
+    (patch,) = again["spec"]["runtimePatches"]
+    assert patch["trainingRuntimeSpec"]["template"]["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
     assert again["spec"]["trainer"] == first["spec"]["trainer"]
 
 
