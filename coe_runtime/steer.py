@@ -213,52 +213,92 @@ def accept(
     for i, (ex, text) in enumerate(zip(pool_examples, generations, strict=True)):
         gold = steer_gold(ex, label_set)
         per_class[gold]["pool"] += 1
-        parsed = parse_answer(text, label_set)
-        if options.answer_mode == "score":
-            answer, answer_method = scored[i], SCORE_METHOD  # type: ignore[index]
-        else:
-            answer, answer_method = parsed.label, parsed.method
-        correct = answer == gold
-        per_class[gold]["correct"] += correct
-        rec: dict[str, Any] = {
-            "id": ex.id,
-            "uid": ex.meta.get("uid"),
-            "gold": gold,
-            "text": text,
-            "parsed": parsed.label,
-            "method": parsed.method,
-            "answer": answer,
-            "answer_method": answer_method,
-            "correct": correct,
-            "accepted": False,
-            "via": None,
-        }
+        scored_label = scored[i] if scored is not None and options.answer_mode == "score" else None
+        rec = _pool_record(ex, text, gold, label_set, options.answer_mode, scored_label)
+        per_class[gold]["correct"] += rec["correct"]
         records.append(rec)
         if ex.id in gate_ids:
             rec["gate"] = True
             continue
-        rationale = direct_rationale(text, gold, answer, label_set, options.accept)
-        if rationale is not None:
-            candidates.append((0, i, ex, memory_target(rationale, gold, label_set)))
-            rec["via"] = "direct"
-        elif options.rationalization and ex.id in hint_generations:
-            hint_text = hint_generations[ex.id]
-            hint_parsed = parse_answer(hint_text, label_set)
-            rec.update(hint_text=hint_text, hint_parsed=hint_parsed.label, hint_method=hint_parsed.method)
-            # With the hint the scored label is the hint's: the scored rule asks only for a rationale
-            # here, and the check (without the hint) decides.
-            found = direct_rationale(hint_text, gold, gold, label_set, options.accept)
-            # A rationale that leans on the hint ("the hint says ...") would teach the model to
-            # expect one: memory stores the hint-free prompt, so such a rationale is rejected.
-            if found is not None and not HINT_LEAK_RE.search(found):
-                if ex.id in hint_checked:
-                    rec["hint_check"] = hint_checked[ex.id]
-                if options.rationalization_check and ex.id in hint_checked and hint_checked[ex.id] != gold:
-                    rec["check_rejected"] = True
-                else:
-                    candidates.append((1, i, ex, memory_target(found, gold, label_set)))
-                    rec["via"] = "rationalized"
+        candidate = _memory_candidate(ex, rec, gold, label_set, options, hint_generations, hint_checked)
+        if candidate is not None:
+            candidates.append((candidate[0], i, ex, candidate[1]))
+    chosen = _capped_per_class(candidates, round_no, options, per_class, records)
+    accepted, remaining = _take_chosen(pool_examples, chosen, records, per_class, round_no)
+    counts = _round_counts(pool_examples, records, accepted)
+    return RoundResult(accepted, remaining, records, per_class, counts)
 
+
+def _pool_record(
+    ex: Example, text: str, gold: str, label_set: LabelSet, answer_mode: str, scored_label: str | None
+) -> dict[str, Any]:
+    """What was generated for one pool example and what it answers (the scored label in
+    ``score`` mode, else the label parsed from the text); the decision fields start unset."""
+    parsed = parse_answer(text, label_set)
+    if answer_mode == "score":
+        answer, answer_method = scored_label, SCORE_METHOD
+    else:
+        answer, answer_method = parsed.label, parsed.method
+    return {
+        "id": ex.id,
+        "uid": ex.meta.get("uid"),
+        "gold": gold,
+        "text": text,
+        "parsed": parsed.label,
+        "method": parsed.method,
+        "answer": answer,
+        "answer_method": answer_method,
+        "correct": answer == gold,
+        "accepted": False,
+        "via": None,
+    }
+
+
+def _memory_candidate(
+    ex: Example,
+    rec: dict[str, Any],
+    gold: str,
+    label_set: LabelSet,
+    options: SteerOptions,
+    hint_generations: Mapping[str, str],
+    hint_checked: Mapping[str, str | None],
+) -> tuple[int, str] | None:
+    """(priority, memory target) when the example may join the memory: its own rationale reached
+    the gold answer (priority 0), or, with rationalization, the hinted one did (priority 1)."""
+    rationale = direct_rationale(rec["text"], gold, rec["answer"], label_set, options.accept)
+    if rationale is not None:
+        rec["via"] = "direct"
+        return 0, memory_target(rationale, gold, label_set)
+    if not (options.rationalization and ex.id in hint_generations):
+        return None
+    hint_text = hint_generations[ex.id]
+    hint_parsed = parse_answer(hint_text, label_set)
+    rec.update(hint_text=hint_text, hint_parsed=hint_parsed.label, hint_method=hint_parsed.method)
+    # With the hint the scored label is the hint's: the scored rule asks only for a rationale
+    # here, and the check (without the hint) decides.
+    found = direct_rationale(hint_text, gold, gold, label_set, options.accept)
+    # A rationale that leans on the hint ("the hint says ...") would teach the model to
+    # expect one: memory stores the hint-free prompt, so such a rationale is rejected.
+    if found is None or HINT_LEAK_RE.search(found):
+        return None
+    if ex.id in hint_checked:
+        rec["hint_check"] = hint_checked[ex.id]
+    if options.rationalization_check and ex.id in hint_checked and hint_checked[ex.id] != gold:
+        rec["check_rejected"] = True
+        return None
+    rec["via"] = "rationalized"
+    return 1, memory_target(found, gold, label_set)
+
+
+def _capped_per_class(
+    candidates: list[tuple[int, int, Example, str]],
+    round_no: int,
+    options: SteerOptions,
+    per_class: dict[str, dict[str, int]],
+    records: list[dict[str, Any]],
+) -> dict[int, str]:
+    """Pool index -> memory target of the candidates kept: with ``max_accept_per_class``, each
+    class's first ones (direct before rationalized, then by :func:`selection_key`)."""
     chosen: dict[int, str] = {}
     taken: Counter[str] = Counter()
     for _prio, i, ex, target in sorted(candidates, key=lambda c: (c[0], selection_key(round_no, c[2].id))):
@@ -269,7 +309,17 @@ def accept(
             continue
         taken[gold] += 1
         chosen[i] = target
+    return chosen
 
+
+def _take_chosen(
+    pool_examples: Sequence[Example],
+    chosen: dict[int, str],
+    records: list[dict[str, Any]],
+    per_class: dict[str, dict[str, int]],
+    round_no: int,
+) -> tuple[list[Example], list[Example]]:
+    """(new memory entries, the next pool), both in pool order."""
     accepted: list[Example] = []
     remaining: list[Example] = []
     for i, ex in enumerate(pool_examples):
@@ -287,7 +337,13 @@ def accept(
                 ex.id, ex.task, ex.prompt, chosen[i], {**ex.meta, "steer_round": round_no, "steer_via": via}
             )
         )
-    counts = {
+    return accepted, remaining
+
+
+def _round_counts(
+    pool_examples: Sequence[Example], records: list[dict[str, Any]], accepted: list[Example]
+) -> dict[str, int]:
+    return {
         "pool_size": len(pool_examples),
         "correct": sum(r["correct"] for r in records),
         "correct_untagged": sum(r["correct"] and r["via"] != "direct" and not r.get("gate") for r in records),
@@ -298,7 +354,6 @@ def accept(
         "check_rejected": sum(bool(r.get("check_rejected")) for r in records),
         "gate_held_out": sum(bool(r.get("gate")) for r in records),
     }
-    return RoundResult(accepted, remaining, records, per_class, counts)
 
 
 def rationale_budget_warning(target_lengths: Sequence[int], max_new_tokens: int) -> str | None:
@@ -550,16 +605,15 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     A round whose manifest is published is never redone (the stored report comes back with
     ``"skipped": true``). Nothing is published until the end, so a round that died half-way is
     redone from its inputs. Under torchrun every rank generates its shard (inside the
-    generator) and rank 0 decides and publishes.
+    generator) and rank 0 decides and publishes. Every generator call is collective: each rank
+    makes the same calls in the same order.
     """
+    from coe_runtime.distributed import init_distributed
     from coe_runtime.progress import is_rank_zero, report
-    from coe_runtime.store import get_store, join
+    from coe_runtime.store import get_store
 
     store = get_store(step.output)
     n = step.round
-
-    from coe_runtime.distributed import init_distributed
-
     init_distributed()
     label_set = get_label_set(
         step.label_set.name, step.label_set.naming, step.label_set.custom_prompt_names or None
@@ -568,15 +622,14 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
     pool = _load_examples(step.pool, label_set, "pool")
     generator = generator if generator is not None else _make_generator(step, label_set)
     settings = round_settings(step)
-    tokenizer = getattr(generator, "tokenizer", None)
     warnings: list[str] = []
-    if tokenizer is not None:
-        lengths = [
-            len(tokenizer(ex.target, add_special_tokens=False)["input_ids"]) for ex in memory if ex.target
-        ]
-        if warning := rationale_budget_warning(lengths, settings.max_new_tokens):
+
+    def warn(warning: str | None) -> None:
+        if warning:
             warnings.append(warning)
             report(step=step.name, phase="steer", message=f"warning: {warning}")
+
+    warn(_memory_budget_warning(generator, memory, settings.max_new_tokens))
     started = time.monotonic()
 
     report(
@@ -599,45 +652,15 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
             )
         )
     gate_ids = select_gate(pool, opts.gate_examples, n)
-    gate: dict[str, Any] | None = None
-    if gate_ids:
-        at = [i for i, ex in enumerate(pool) if ex.id in gate_ids]
-        with_r = (
-            [scored[i] for i in at]
-            if scored is not None
-            else score_labels(generator, [(pool[i].prompt, rationales[i]) for i in at], label_set, batch)
-        )
-        without = score_labels(generator, [(pool[i].prompt, "") for i in at], label_set, batch)
-        gate = gate_figures([pool[i].meta["label"] for i in at], with_r, without)
-        if warning := gate_warning(gate):
-            warnings.append(warning)
-            report(step=step.name, phase="steer", message=f"warning: {warning}")
+    gate = _gate(generator, pool, gate_ids, rationales, scored, label_set, batch) if gate_ids else None
+    warn(gate_warning(gate))
     hint_texts: dict[str, str] = {}
     hint_checked: dict[str, str | None] = {}
     if opts.rationalization:
-        # Every rank holds every output (the generator gathers them), so every rank picks the
-        # same examples to retry and the hinted generation stays a collective call.
-        retry = [
-            ex
-            for i, (ex, text) in enumerate(zip(pool, texts, strict=True))
-            if ex.id not in gate_ids and needs_hint(ex, text, label_set, opts, scored[i] if scored else None)
-        ]
-        report(step=step.name, phase="steer", message=f"round {n}: rationalizing {len(retry)} examples")
-        hinted, hint_tokens = _generate(
-            generator,
-            [hint_prompt(ex.prompt, ex.meta["label"], label_set) for ex in retry],
-            settings,
-            step.name,
+        hint_texts, hint_checked, hint_tokens = _rationalize(
+            step, generator, pool, texts, gate_ids, scored, label_set, settings
         )
-        tokens += sum(hint_tokens)
-        hint_texts = {ex.id: text for ex, text in zip(retry, hinted, strict=True)}
-        if opts.rationalization_check:
-            # The check: does the rationale alone (the hint-free prompt, as memory stores it) lead
-            # the model to the gold label?
-            check = [(ex, split_rationale(text, label_set)) for ex, text in zip(retry, hinted, strict=True)]
-            check = [(ex, r) for ex, r in check if r]
-            labels = score_labels(generator, [(ex.prompt, r) for ex, r in check], label_set, batch)
-            hint_checked = {ex.id: lab for (ex, _r), lab in zip(check, labels, strict=True)}
+        tokens += hint_tokens
 
     result = accept(
         pool,
@@ -661,17 +684,97 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         write_round_outputs(Path(tmp), n, memory, result, summary)
         scalars = {k: v for k, v in summary.items() if v is None or isinstance(v, bool | int | float | str)}
         publish_step(step, tmp, meta={**scalars, "kind": "steer_round", "round": n})
+    _print_round(step, store, summary, console)
+    report(
+        step=step.name, phase="steer", message=f"round {n}: accepted {summary['accepted']}", done=1, total=1
+    )
+    return summary
+
+
+def _memory_budget_warning(generator: Any, memory: list[Example], max_new_tokens: int) -> str | None:
+    """:func:`rationale_budget_warning` on the memory's targets, counted with the generator's
+    tokenizer (none: no warning)."""
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    lengths = [len(tokenizer(ex.target, add_special_tokens=False)["input_ids"]) for ex in memory if ex.target]
+    return rationale_budget_warning(lengths, max_new_tokens)
+
+
+def _gate(
+    generator: Any,
+    pool: list[Example],
+    gate_ids: set[str],
+    rationales: list[str],
+    scored: list[str | None] | None,
+    label_set: LabelSet,
+    batch: int,
+) -> dict[str, Any]:
+    """The gate's figures: on the held-out slice, the label scored with each example's own
+    rationale (already scored in ``score`` mode) against the one scored answering directly."""
+    at = [i for i, ex in enumerate(pool) if ex.id in gate_ids]
+    with_r = (
+        [scored[i] for i in at]
+        if scored is not None
+        else score_labels(generator, [(pool[i].prompt, rationales[i]) for i in at], label_set, batch)
+    )
+    without = score_labels(generator, [(pool[i].prompt, "") for i in at], label_set, batch)
+    return gate_figures([pool[i].meta["label"] for i in at], with_r, without)
+
+
+def _rationalize(
+    step: SteerRoundStep,
+    generator: Any,
+    pool: list[Example],
+    texts: list[str],
+    gate_ids: set[str],
+    scored: list[str | None] | None,
+    label_set: LabelSet,
+    settings: GenerationSettings,
+) -> tuple[dict[str, str], dict[str, str | None], int]:
+    """STaR rationalization: the examples that need a hint, generated again with the gold label as
+    one; returns (id -> hinted text, id -> label the check scored, tokens generated).
+
+    Every rank holds every output (the generator gathers them), so every rank picks the same
+    examples to retry and the hinted generation stays a collective call."""
+    from coe_runtime.progress import report
+
+    opts = step.steer
+    retry = [
+        ex
+        for i, (ex, text) in enumerate(zip(pool, texts, strict=True))
+        if ex.id not in gate_ids and needs_hint(ex, text, label_set, opts, scored[i] if scored else None)
+    ]
+    report(step=step.name, phase="steer", message=f"round {step.round}: rationalizing {len(retry)} examples")
+    hinted, hint_tokens = _generate(
+        generator,
+        [hint_prompt(ex.prompt, ex.meta["label"], label_set) for ex in retry],
+        settings,
+        step.name,
+    )
+    hint_texts = {ex.id: text for ex, text in zip(retry, hinted, strict=True)}
+    hint_checked: dict[str, str | None] = {}
+    if opts.rationalization_check:
+        # The check: does the rationale alone (the hint-free prompt, as memory stores it) lead
+        # the model to the gold label?
+        check = [(ex, split_rationale(text, label_set)) for ex, text in zip(retry, hinted, strict=True)]
+        check = [(ex, r) for ex, r in check if r]
+        labels = score_labels(generator, [(ex.prompt, r) for ex, r in check], label_set, settings.batch_size)
+        hint_checked = {ex.id: lab for (ex, _r), lab in zip(check, labels, strict=True)}
+    return hint_texts, hint_checked, sum(hint_tokens)
+
+
+def _print_round(step: SteerRoundStep, store: Any, summary: dict[str, Any], console: Any) -> None:
+    """The run so far (earlier rounds published beside this one, steps named steer-rK, then this
+    one) and this round's per-class table."""
+    from coe_runtime.store import join
+
     if console is None:
         from rich.console import Console
 
         console = Console()
-    # The run so far: earlier rounds published beside this one (steps named steer-rK), then this one.
     earlier = [
         store.read_json(join(prefix, f"round-{k}.json")) for k, prefix in enumerate(step.previous_rounds, 1)
     ]
     console.print(format_rounds_table([*earlier, summary]))
     console.print(per_class_table(summary))
-    report(
-        step=step.name, phase="steer", message=f"round {n}: accepted {summary['accepted']}", done=1, total=1
-    )
-    return summary
