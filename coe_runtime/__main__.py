@@ -23,6 +23,7 @@ from coe_runtime.errors import (  # noqa: F401 - EXIT_PREEMPTED, is_transient: p
     exit_code_for,
     is_retryable,
     is_transient,
+    require_training_stack,
 )
 from coe_runtime.step import STEP_KINDS, load_step
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CoEConfigMismatch(
                 f"{args.config}: the config is a {step.kind!r} step, but {args.kind!r} was asked for"
             )
+        if step.kind != "model":  # the model step only downloads
+            require_training_stack(f"a {step.kind} step")
         check_expected_gpus()  # the pod asked for GPUs (COE_EXPECT_GPUS): fail now if CUDA cannot give them
         from coe_runtime.driver import run_step
 

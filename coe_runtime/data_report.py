@@ -24,7 +24,7 @@ from coe_runtime.data.readers import (
     normalize_split,
     read_file,
 )
-from coe_runtime.errors import ConfigError, DataError
+from coe_runtime.errors import ConfigError, DataError, require_training_stack
 from coe_runtime.prepare import length_percentiles
 from coe_runtime.step import HISTORY_WINDOW, MAX_LENGTH
 
@@ -91,6 +91,7 @@ class TokenCounter:
 def token_counter(tokenizer: str | None) -> TokenCounter:
     if tokenizer is None:
         return TokenCounter(NO_TOKENIZER)
+    require_training_stack(f"--tokenizer {tokenizer}")
     from coe_runtime.models.loading import load_tokenizer  # transformers only when asked for
     from coe_runtime.step import ModelRef
 

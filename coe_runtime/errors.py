@@ -56,6 +56,35 @@ class ConfigError(CoEError):
     """Invalid step config or experiment spec (lists every problem by field path)."""
 
 
+# Import names of the training stack (the package's `runtime` extra), which a controller-only
+# install (`pip install coe-k8s`, the controller image) does not have.
+TRAINING_STACK = ("torch", "transformers", "peft")
+RUNTIME_INSTALL_HINT = "pip install 'coe-k8s[runtime]'"
+
+
+class MissingTrainingStack(ConfigError):
+    """Something that trains, generates or tokenizes was asked of an install without the training stack."""
+
+
+def require_training_stack(what: str) -> None:
+    """Raise :class:`MissingTrainingStack`, naming the missing packages and the install command, when
+    ``what`` cannot run here; a controller-only install then says so instead of failing deep inside."""
+    import importlib.util
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):
+            return True
+
+    missing = [name for name in TRAINING_STACK if absent(name)]
+    if missing:
+        raise MissingTrainingStack(
+            f"{what} needs the training stack, which is not installed here (missing: {', '.join(missing)}); "
+            f"install it with: {RUNTIME_INSTALL_HINT}"
+        )
+
+
 class StoreError(CoEError):
     """Permanent storage trouble (wrong credentials, missing bucket, checksum mismatch)."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from coe_controller.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
-from coe_runtime.errors import ConfigError
+from coe_runtime.errors import ConfigError, require_training_stack
 
 EXIT_CODES = (
     "exit codes: 0 ok, 1 a step failed, 2 bad input (spec or arguments), 3 storage unreachable, "
@@ -239,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from coe_controller.spec import load_spec
 
     spec = load_spec(args.spec)
+    require_training_stack("coe-ctl run (it runs every step here)")
     console = _console(args)
     executor = LocalExecutor(spec, console=console)
     console.print(f"[bold]{spec.name}[/]: {spec.spec.strategy}, store {spec.spec.store}")

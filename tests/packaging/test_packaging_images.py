@@ -236,6 +236,28 @@ def test_controller_runs_without_the_training_stack(tmp_path):
     assert set(found["codes"].values()) == {0}, (found["codes"], result.stderr[-3000:])
 
 
+def test_a_controller_only_install_says_how_to_get_the_training_stack(tmp_path):
+    """What needs torch/transformers (a local run, a real tokenizer) exits 2 with the install command,
+    not an internal error or a traceback, where only the base dependencies are installed."""
+    spec = yaml.safe_load((ps.REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
+    spec["spec"]["store"] = (tmp_path / "store").as_uri()
+    (tmp_path / "quickstart.yaml").write_text(yaml.safe_dump(spec))
+    runs = [
+        ["run", str(tmp_path / "quickstart.yaml")],
+        ["data", "check", "--format", "demo", "--tokenizer", "tiny"],
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(_not_in_the_base_install()), json.dumps(runs)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.rsplit("RESULT", 1)[1])
+    assert set(found["codes"].values()) == {2}, (found["codes"], result.stderr[-3000:])
+    assert result.stderr.count("pip install 'coe-k8s[runtime]'") == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert not (tmp_path / "store").exists()  # nothing was started
+
+
 def test_make_images_builds_and_pushes_both_with_the_tag():
     result = subprocess.run(
         [
