@@ -275,34 +275,38 @@ class S3Store(Store):
                 f"({type(cause).__name__}); {ENDPOINT_HINT}"
             )
         if isinstance(cause, ClientError):
-            error = cause.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            bucket = parse_s3_uri(uri)[0]
-            if code in _CREDENTIAL_CODES:
-                return StoreError(
-                    f"{where}: S3 refused the request ({code}: wrong or insufficient credentials); "
-                    f"{CREDENTIALS_HINT}"
-                )
-            if code == "NoSuchBucket":
-                return StoreError(
-                    f"{where}: bucket {bucket!r} does not exist; create it or fix the bucket in the URI"
-                )
-            if code in _MISSING_CODES:
-                return StoreError(f"{uri}: no such artifact")
-            if code == "AuthorizationHeaderMalformed" or code == "PermanentRedirect":
-                return StoreError(f"{where}: {code}: the bucket is in another region; set AWS_REGION")
-            if code in _TRANSIENT_CODES or status >= 500:
-                return TransientStoreError(
-                    f"{where}: the S3 server keeps failing ({code or status}) after "
-                    f"{self.settings.max_attempts} attempts; retry later"
-                )
-            return StoreError(f"{where}: S3 error {code or status}: {error.get('Message', cause)}")
+            return self._translate_client_error(cause, uri, where)
         if isinstance(cause, BotoCoreError):
             return StoreError(f"{where}: {cause}")
         if isinstance(cause, OSError):
             return StoreError(f"{where}: local file error: {cause}")
         return StoreError(f"{where}: {type(cause).__name__}: {cause}")
+
+    def _translate_client_error(self, cause: ClientError, uri: str, where: str) -> StoreError:
+        """An error the S3 server answered, by its code (or HTTP status when it gives none)."""
+        error = cause.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        bucket = parse_s3_uri(uri)[0]
+        if code in _CREDENTIAL_CODES:
+            return StoreError(
+                f"{where}: S3 refused the request ({code}: wrong or insufficient credentials); "
+                f"{CREDENTIALS_HINT}"
+            )
+        if code == "NoSuchBucket":
+            return StoreError(
+                f"{where}: bucket {bucket!r} does not exist; create it or fix the bucket in the URI"
+            )
+        if code in _MISSING_CODES:
+            return StoreError(f"{uri}: no such artifact")
+        if code == "AuthorizationHeaderMalformed" or code == "PermanentRedirect":
+            return StoreError(f"{where}: {code}: the bucket is in another region; set AWS_REGION")
+        if code in _TRANSIENT_CODES or status >= 500:
+            return TransientStoreError(
+                f"{where}: the S3 server keeps failing ({code or status}) after "
+                f"{self.settings.max_attempts} attempts; retry later"
+            )
+        return StoreError(f"{where}: S3 error {code or status}: {error.get('Message', cause)}")
 
     def _check_bucket(self, uri: str) -> None:
         """Tell "no such key" from "no such bucket" (a HEAD 404 carries no error code)."""
