@@ -50,7 +50,7 @@ def register(subparsers) -> None:
         "and publish it with a MANIFEST.json, so that every step pod fetches it through its node-local "
         "cache and verifies every file. Use the URI as spec.baseModel.nameOrPath.",
     )
-    up.add_argument("local_dir", help="the model folder (e.g. from `huggingface-cli download --local-dir`)")
+    up.add_argument("local_dir", help="the model folder (e.g. from `hf download --local-dir`)")
     up.add_argument("uri", help="destination, e.g. s3://bucket/models/mistral-7b-instruct-v0.2")
     up.add_argument("--source", help="what the model is, recorded in the manifest (default: the folder name)")
     up.set_defaults(func=cmd_upload_model)

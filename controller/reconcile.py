@@ -139,7 +139,7 @@ def failing_pod(pods: list[dict], container: str = render.CONTAINER_NAME) -> dic
 # first one), so the bound always ends the loop, possibly a few restarts late. The exit code is named
 # only when a pass catches the Failed pod before the operator deletes it: the operator records it
 # otherwise only in ExitedWithCode Events, which the controller may not list. The limit is the job's
-# runPolicy.backoffLimit (render.py writes resources.backoffLimit there; cleanPodPolicy None keeps a
+# runPolicy.backoffLimit (render.py writes resources.backoffLimit there; cleanPodPolicy Running keeps a
 # Failed job's pods for their exit codes; activeDeadlineSeconds only where the spec sets one).
 _KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 _KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"

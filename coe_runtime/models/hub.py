@@ -408,7 +408,7 @@ def _keep_in_cache(folder: Path, uri: str) -> None:
 def upload_model(local_dir: str | Path, uri: str, source: str | None = None) -> dict:
     """Publish a local model folder at ``uri`` with a manifest (sha256 per file); returns the manifest.
 
-    Hidden entries (``.cache/`` of ``huggingface-cli download --local-dir``, ``.git``) are left out.
+    Hidden entries (``.cache/`` of ``hf download --local-dir``, ``.git``) are left out.
     """
     local = Path(local_dir).expanduser()
     if not local.is_dir():

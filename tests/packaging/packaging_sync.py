@@ -9,7 +9,7 @@ Derived (never edit by hand):
 - ``charts/coe-controller/files/controller-rules.yaml`` (the chart's Role renders it),
 - ``charts/coe-controller/crds/*.yaml`` (Helm installs CRDs only from the chart's ``crds/``),
 - ``manifests/{serviceaccount,rbac,deployment}.yaml`` (``helm template`` with default values, release
-  ``coe-controller`` in namespace ``coe-system``, Helm's own labels removed).
+  ``coe-controller`` in namespace ``coe``, Helm's own labels removed).
 
 Run ``python -m tests.packaging.packaging_sync`` after changing any source; ``--check`` only reports
 (the packaging tests call :func:`stale_files`, so CI fails while anything is out of date).
