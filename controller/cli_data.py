@@ -159,7 +159,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(highlight=False)
     splits = report["splits"]
@@ -170,6 +169,25 @@ def print_report(report: dict[str, Any]) -> None:
 
     for split, s in splits.items():
         console.print(f"  {split}: {', '.join(s['files'])}", markup=False)
+    console.print(_splits_table(splits))
+    console.print(_labels_table(report["labels"], splits))
+    console.print(_prompt_tokens_table(prompt, splits))
+    if prompt["tokenizer"] == NO_TOKENIZER:
+        console.print("token counts are estimates (words + punctuation); pass --tokenizer for exact counts")
+
+    for note in report["notes"]:
+        console.print(f"note: {note}")
+    if report["problems"]:
+        console.print(f"[bold]{len(report['problems'])} problem(s):[/bold]")
+        for problem in report["problems"]:
+            console.print(f"  - {problem}")
+    else:
+        console.print("no problems found")
+
+
+def _splits_table(splits: dict[str, Any]) -> Any:
+    from rich.table import Table
+
     overview = Table(title="Splits")
     columns = ("split", "dialogues", "utterances", "speakers", "multi-speaker", "turns min", "median", "max")
     for column in columns:
@@ -186,19 +204,29 @@ def print_report(report: dict[str, Any]) -> None:
             _num(turns["median"]),
             str(turns["max"]),
         )
-    console.print(overview)
+    return overview
+
+
+def _labels_table(label_names: list[str], splits: dict[str, Any]) -> Any:
+    """Each label's count and share per split."""
+    from rich.table import Table
 
     labels = Table(title="Labels")
     labels.add_column("label")
     for split in splits:
         labels.add_column(split, justify="right")
-    for label in report["labels"]:
+    for label in label_names:
         cells = []
         for s in splits.values():
             n = s["labels"][label]
             cells.append(f"{n} ({100 * n / s['utterances']:.1f}%)" if s["utterances"] else "0")
         labels.add_row(label, *cells)
-    console.print(labels)
+    return labels
+
+
+def _prompt_tokens_table(prompt: dict[str, Any], splits: dict[str, Any]) -> Any:
+    """Percentiles of the ERC prompt + target length per split, and how many exceed the budget."""
+    from rich.table import Table
 
     clue_text = f", clues: {prompt['clues']}" if prompt.get("clues") else ""
     tokens = Table(
@@ -221,18 +249,7 @@ def print_report(report: dict[str, Any]) -> None:
             str(t["over_max_length"]),
             str(t["cannot_fit"]),
         )
-    console.print(tokens)
-    if prompt["tokenizer"] == NO_TOKENIZER:
-        console.print("token counts are estimates (words + punctuation); pass --tokenizer for exact counts")
-
-    for note in report["notes"]:
-        console.print(f"note: {note}")
-    if report["problems"]:
-        console.print(f"[bold]{len(report['problems'])} problem(s):[/bold]")
-        for problem in report["problems"]:
-            console.print(f"  - {problem}")
-    else:
-        console.print("no problems found")
+    return tokens
 
 
 def _num(x: float) -> str:
