@@ -278,42 +278,54 @@ class Operator:
             dirty, self.dirty = self.dirty, set()
         seen = set()
         for obj in experiments:
-            if self.stop.is_set():
-                break  # shutting down: the rest of the pass is the next leader's (or the next start's)
-            if self.elector is not None and not self.elector.is_leader(time.time()):
-                break  # lease about to lapse: stop acting before another replica may start
+            if self._must_stop_acting():
+                break
             key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
             seen.add(key)
-            gen = int(obj["metadata"].get("generation") or 1)
-            if reconcile.is_final(obj.get("status") or {}, gen) and not obj["metadata"].get(
-                "deletionTimestamp"
-            ):
-                self.due_at.pop(key, None)
-                continue  # finished: costs nothing until it is edited (a new generation)
-            due = self.due_at.get(key, 0.0)
-            if key not in dirty and now < due:
-                next_in = min(next_in, due - now)
-                continue
-            try:
-                self.reconciles += 1
-                after = reconcile.reconcile(
-                    self.kube, obj, backoff_base_s=self.retry_backoff_s, defaults=self.defaults
-                )
-            except KubeError as e:
-                log.warning("%s: %s (will retry)", key, e)
-                after = 2.0
-            except Exception:  # a controller bug must not stop the other experiments
-                log.exception("%s: reconcile failed", key)
-                after = 10.0
-            wait = self.resync_s if after is None else min(after, self.resync_s)
-            self.due_at[key] = now + wait
-            next_in = min(next_in, wait)
+            wait = self._visit(key, obj, now, key in dirty)
+            if wait is not None:
+                next_in = min(next_in, wait)
         for gone in set(self.due_at) - seen:
             self.due_at.pop(gone, None)
         self.health.beat(reached_api=True)
         if self.elector is not None:
             next_in = min(next_in, self.elector.lease_s / 3)
         return max(next_in, 0.2)
+
+    def _must_stop_acting(self) -> bool:
+        """Shutting down (the rest of the pass is the next leader's, or the next start's), or the
+        lease about to lapse: stop acting before another replica may start."""
+        if self.stop.is_set():
+            return True
+        return self.elector is not None and not self.elector.is_leader(time.time())
+
+    def _visit(self, key: str, obj: dict, now: float, dirty: bool) -> float | None:
+        """One experiment of a pass: reconciled when it is due or a watch event named it; returns
+        seconds until it wants another look (None: finished, it costs nothing until edited)."""
+        gen = int(obj["metadata"].get("generation") or 1)
+        if reconcile.is_final(obj.get("status") or {}, gen) and not obj["metadata"].get("deletionTimestamp"):
+            self.due_at.pop(key, None)
+            return None  # finished: costs nothing until it is edited (a new generation)
+        due = self.due_at.get(key, 0.0)
+        if not dirty and now < due:
+            return due - now
+        after = self._reconcile(key, obj)
+        wait = self.resync_s if after is None else min(after, self.resync_s)
+        self.due_at[key] = now + wait
+        return wait
+
+    def _reconcile(self, key: str, obj: dict) -> float | None:
+        try:
+            self.reconciles += 1
+            return reconcile.reconcile(
+                self.kube, obj, backoff_base_s=self.retry_backoff_s, defaults=self.defaults
+            )
+        except KubeError as e:
+            log.warning("%s: %s (will retry)", key, e)
+            return 2.0
+        except Exception:  # a controller bug must not stop the other experiments
+            log.exception("%s: reconcile failed", key)
+            return 10.0
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _watch(self, what: str) -> None:
