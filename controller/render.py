@@ -347,6 +347,93 @@ def torchrun_command(kind: str, nnodes: int, nproc_per_node: int) -> list[str]:
     ]
 
 
+def _container_resources(s: JobSettings) -> dict[str, dict[str, str]]:
+    """The step container's limits and requests (extended resources: requests default to the limits)."""
+    limits: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    if s.gpus_per_pod:
+        limits["nvidia.com/gpu"] = str(s.gpus_per_pod)
+    limits.update(s.extra_limits)  # extended resources (rdma/hca): requests default to the limits
+    requests["cpu"] = s.cpu or DEFAULT_CPU_REQUEST
+    requests["memory"] = s.memory or DEFAULT_MEMORY_REQUEST
+    if s.memory:
+        limits["memory"] = s.memory
+    return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+
+
+def _pod_env(config: Any, step: Any, attempt: int, s: JobSettings) -> list[dict]:
+    """The step container's environment: the controller's variables, then the experiment's own."""
+    env: list[dict] = [
+        {"name": "COE_STEP", "value": step.name},
+        {"name": "COE_ATTEMPT", "value": str(attempt)},
+        {"name": "COE_CACHE_DIR", "value": f"{WORK_DIR}/cache"},
+        {"name": "HOME", "value": WORK_DIR},
+        {"name": "TMPDIR", "value": f"{WORK_DIR}/tmp"},
+        {"name": "HF_HOME", "value": HF_HOME},
+    ]
+    if not _reads_the_hub(config):
+        # Steps read their model from the store or a local path: never let transformers reach out.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    token = getattr(step, "hf_token_secret", None)
+    if token:
+        # The Hub token, from the Secret the spec names (baseModel.hfTokenSecret); never inlined.
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}})
+    if s.gpus_per_pod:
+        # The runtime fails at once (exit 3, permanent) when CUDA cannot supply these GPUs, instead of
+        # training on CPU without a word (coe_runtime.errors.check_expected_gpus).
+        env.append({"name": "COE_EXPECT_GPUS", "value": str(s.gpus_per_pod)})
+    return env + [dict(e) for e in s.extra_env]
+
+
+def _pod_volumes(cm_name: str, has_ds: bool, s: JobSettings) -> tuple[list[dict], list[dict]]:
+    """(volume mounts, volumes): the step config, shared memory, the two writable folders, the
+    DeepSpeed config when there is one, then the experiment's own."""
+    mounts: list[dict] = [
+        {"name": "step-config", "mountPath": STEP_CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "work", "mountPath": WORK_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    volumes: list[dict] = [
+        {
+            "name": "step-config",
+            "configMap": {"name": cm_name, "items": [{"key": "step.json", "path": "step.json"}]},
+        },
+        # NCCL and DataLoader workers need more shared memory than the container default (64 MiB).
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
+        # The root filesystem is read-only: these two are all the pod writes (besides user volumes).
+        {"name": "work", "emptyDir": {"sizeLimit": s.work_dir_size}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+    ]
+    if has_ds:
+        mounts.append({"name": "deepspeed-config", "mountPath": DEEPSPEED_DIR, "readOnly": True})
+        volumes.append(
+            {
+                "name": "deepspeed-config",
+                "configMap": {"name": cm_name, "items": [{"key": "ds.json", "path": "ds.json"}]},
+            }
+        )
+    return mounts + [dict(m) for m in s.volume_mounts], volumes + [dict(v) for v in s.volumes]
+
+
+def _pod_placement(s: JobSettings) -> dict[str, Any]:
+    """The pod spec fields an experiment may set for where and as whom its pods run (only those set)."""
+    fields: dict[str, Any] = {}
+    if s.node_selector:
+        fields["nodeSelector"] = dict(s.node_selector)
+    if s.tolerations:
+        fields["tolerations"] = [dict(t) for t in s.tolerations]
+    if s.priority_class_name:
+        fields["priorityClassName"] = s.priority_class_name
+    if s.service_account_name:
+        fields["serviceAccountName"] = s.service_account_name
+    if s.runtime_class_name:
+        fields["runtimeClassName"] = s.runtime_class_name
+    if s.affinity:
+        fields["affinity"] = dict(s.affinity)
+    return fields
+
+
 class PyTorchJobRenderer:
     group = rbac.PYTORCHJOB_GROUP
     version = rbac.PYTORCHJOB_VERSION
@@ -426,64 +513,7 @@ class PyTorchJobRenderer:
     def _pod_template(
         self, config: Any, cm_name: str, has_ds: bool, labels: dict, s: JobSettings, step: Any, attempt: int
     ) -> dict:
-        limits: dict[str, str] = {}
-        requests: dict[str, str] = {}
-        if s.gpus_per_pod:
-            limits["nvidia.com/gpu"] = str(s.gpus_per_pod)
-        limits.update(s.extra_limits)  # extended resources (rdma/hca): requests default to the limits
-        requests["cpu"] = s.cpu or DEFAULT_CPU_REQUEST
-        requests["memory"] = s.memory or DEFAULT_MEMORY_REQUEST
-        if s.memory:
-            limits["memory"] = s.memory
-        env = [
-            {"name": "COE_STEP", "value": step.name},
-            {"name": "COE_ATTEMPT", "value": str(attempt)},
-            {"name": "COE_CACHE_DIR", "value": f"{WORK_DIR}/cache"},
-            {"name": "HOME", "value": WORK_DIR},
-            {"name": "TMPDIR", "value": f"{WORK_DIR}/tmp"},
-            {"name": "HF_HOME", "value": HF_HOME},
-        ]
-        if not _reads_the_hub(config):
-            # Steps read their model from the store or a local path: never let transformers reach out.
-            env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-        token = getattr(step, "hf_token_secret", None)
-        if token:
-            # The Hub token, from the Secret the spec names (baseModel.hfTokenSecret); never inlined.
-            env.append(
-                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}}
-            )
-        if s.gpus_per_pod:
-            # The runtime fails at once (exit 3, permanent) when CUDA cannot supply these GPUs, instead of
-            # training on CPU without a word (coe_runtime.errors.check_expected_gpus).
-            env.append({"name": "COE_EXPECT_GPUS", "value": str(s.gpus_per_pod)})
-        env += [dict(e) for e in s.extra_env]
-        mounts = [
-            {"name": "step-config", "mountPath": STEP_CONFIG_DIR, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "work", "mountPath": WORK_DIR},
-            {"name": "tmp", "mountPath": TMP_DIR},
-        ]
-        volumes: list[dict] = [
-            {
-                "name": "step-config",
-                "configMap": {"name": cm_name, "items": [{"key": "step.json", "path": "step.json"}]},
-            },
-            # NCCL and DataLoader workers need more shared memory than the container default (64 MiB).
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
-            # The root filesystem is read-only: these two are all the pod writes (besides user volumes).
-            {"name": "work", "emptyDir": {"sizeLimit": s.work_dir_size}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
-        ]
-        if has_ds:
-            mounts.append({"name": "deepspeed-config", "mountPath": DEEPSPEED_DIR, "readOnly": True})
-            volumes.append(
-                {
-                    "name": "deepspeed-config",
-                    "configMap": {"name": cm_name, "items": [{"key": "ds.json", "path": "ds.json"}]},
-                }
-            )
-        mounts += [dict(m) for m in s.volume_mounts]
-        volumes += [dict(v) for v in s.volumes]
+        mounts, volumes = _pod_volumes(cm_name, has_ds, s)
         container: dict[str, Any] = {
             "name": CONTAINER_NAME,
             "image": s.image,
@@ -491,7 +521,7 @@ class PyTorchJobRenderer:
             "command": torchrun_command(
                 config.kind, config.distributed.nnodes, config.distributed.nproc_per_node
             ),
-            "env": env,
+            "env": _pod_env(config, step, attempt, s),
             "volumeMounts": mounts,
             "securityContext": {
                 "allowPrivilegeEscalation": False,
@@ -506,7 +536,7 @@ class PyTorchJobRenderer:
         env_from += [{"secretRef": {"name": s.s3_secret}}] if s.s3_secret else []
         if env_from:
             container["envFrom"] = env_from
-        container["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+        container["resources"] = _container_resources(s)
         pod_spec: dict[str, Any] = {
             "containers": [container],
             "volumes": volumes,
@@ -517,19 +547,8 @@ class PyTorchJobRenderer:
                 "fsGroup": RUNTIME_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
+            **_pod_placement(s),
         }
-        if s.node_selector:
-            pod_spec["nodeSelector"] = dict(s.node_selector)
-        if s.tolerations:
-            pod_spec["tolerations"] = [dict(t) for t in s.tolerations]
-        if s.priority_class_name:
-            pod_spec["priorityClassName"] = s.priority_class_name
-        if s.service_account_name:
-            pod_spec["serviceAccountName"] = s.service_account_name
-        if s.runtime_class_name:
-            pod_spec["runtimeClassName"] = s.runtime_class_name
-        if s.affinity:
-            pod_spec["affinity"] = dict(s.affinity)
         metadata: dict[str, Any] = {"labels": {**s.pod_labels, **labels}}
         if s.pod_annotations:
             metadata["annotations"] = dict(s.pod_annotations)
