@@ -225,16 +225,31 @@ def find_problems(
             f"no {' / '.join(missing)} split: training needs train, model selection dev, evaluation test"
         )
     for split, summary in summaries.items():
-        absent = [label for label, n in summary["labels"].items() if n == 0]
-        if absent:
-            problems.append(f"{split}: no utterances labelled {absent} (label set {label_set.name})")
-        prompts = summary.get("prompt_tokens")
-        if prompts and prompts["cannot_fit"]:
-            worst = max(e["needs"] for e in prompts["cannot_fit_examples"])
-            problems.append(
-                f"{split}: {prompts['cannot_fit']} utterance(s) do not fit --max-length {max_length} even with no "
-                f"history or clues (e.g. {prompts['cannot_fit_examples'][0]['uid']} needs {worst} tokens)"
-            )
+        problems += _split_problems(split, summary, label_set, max_length)
+    problems += _ids_in_several_splits(splits)
+    problems += _speaker_spellings(splits)
+    return problems
+
+
+def _split_problems(split: str, summary: dict[str, Any], label_set: LabelSet, max_length: int) -> list[str]:
+    """A split's labels that never occur, and its utterances no prompt budget can fit."""
+    problems = []
+    absent = [label for label, n in summary["labels"].items() if n == 0]
+    if absent:
+        problems.append(f"{split}: no utterances labelled {absent} (label set {label_set.name})")
+    prompts = summary.get("prompt_tokens")
+    if prompts and prompts["cannot_fit"]:
+        worst = max(e["needs"] for e in prompts["cannot_fit_examples"])
+        problems.append(
+            f"{split}: {prompts['cannot_fit']} utterance(s) do not fit --max-length {max_length} even with no "
+            f"history or clues (e.g. {prompts['cannot_fit_examples'][0]['uid']} needs {worst} tokens)"
+        )
+    return problems
+
+
+def _ids_in_several_splits(splits: dict[str, list[Dialogue]]) -> list[str]:
+    """Dialogue and utterance ids that occur in more than one split."""
+    problems = []
     owner: dict[str, str] = {}
     shared_dialogues: set[str] = set()
     shared_uids = 0
@@ -257,6 +272,11 @@ def find_problems(
         problems.append(
             f"{shared_uids} utterance id(s) occur in more than one split: seed and clue files key on them"
         )
+    return problems
+
+
+def _speaker_spellings(splits: dict[str, list[Dialogue]]) -> list[str]:
+    """Speaker names spelled several ways (case or spacing)."""
     names: dict[str, set[str]] = {}
     for dialogues in splits.values():
         for d in dialogues:
@@ -264,12 +284,12 @@ def find_problems(
                 for s in u.speakers:
                     names.setdefault(" ".join(s.split()).lower(), set()).add(s)
     variants = sorted(sorted(v) for v in names.values() if len(v) > 1)
-    if variants:
-        problems.append(
-            f"{len(variants)} speaker name(s) are spelled several ways (case/spacing), e.g. {variants[0]}: "
-            "personas and speaker-ID candidates treat them as different people"
-        )
-    return problems
+    if not variants:
+        return []
+    return [
+        f"{len(variants)} speaker name(s) are spelled several ways (case/spacing), e.g. {variants[0]}: "
+        "personas and speaker-ID candidates treat them as different people"
+    ]
 
 
 def summarize(
