@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from coe_runtime.data.dialogue import SPLITS, Dialogue, Utterance, iter_jsonl, parse_json
 from coe_runtime.data.labels import LabelSet, get_label_set
@@ -407,6 +407,9 @@ def _json_uid_lines(text: str) -> dict[str, int]:
     return lines
 
 
+_EMORYNLP_JSON_EXPECTED = "expected an EmoryNLP v1.0 object with 'episodes' → 'scenes' → 'utterances'"
+
+
 def read_emorynlp_json(
     path: Path, split: str | None, labels: LabelNormalizer, notes: ReadNotes
 ) -> list[Dialogue]:
@@ -415,9 +418,8 @@ def read_emorynlp_json(
     text = _read_text(path)
     doc = parse_json(text, str(path), "truncated file?")
     uid_lines = _json_uid_lines(text)
-    expected_doc = "expected an EmoryNLP v1.0 object with 'episodes' → 'scenes' → 'utterances'"
     if not isinstance(doc, dict) or not isinstance(doc.get("episodes"), list):
-        raise DataError(str(path), 1, f"no 'episodes' list; {expected_doc}")
+        raise DataError(str(path), 1, f"no 'episodes' list; {_EMORYNLP_JSON_EXPECTED}")
     if split is None:
         season = doc.get("season_id")
         split = SPLIT_ALIASES.get(str(season).lower()) if season is not None else None
@@ -428,61 +430,68 @@ def read_emorynlp_json(
     for e_i, episode in enumerate(doc["episodes"]):
         where = f"episodes[{e_i}]"
         if not isinstance(episode, dict) or not isinstance(episode.get("scenes"), list):
-            raise DataError(str(path), None, f"{where} has no 'scenes' list; {expected_doc}")
+            raise DataError(str(path), None, f"{where} has no 'scenes' list; {_EMORYNLP_JSON_EXPECTED}")
         for s_i, scene in enumerate(episode["scenes"]):
-            swhere = f"{where}.scenes[{s_i}]"
-            if not isinstance(scene, dict) or not isinstance(scene.get("utterances"), list):
-                raise DataError(str(path), None, f"{swhere} has no 'utterances' list; {expected_doc}")
-            scene_id = scene.get("scene_id")
-            if not isinstance(scene_id, str) or not scene_id:
-                raise DataError(
-                    str(path), None, f"{swhere} has no 'scene_id'; expected a string like s01_e15_c01"
-                )
-            if scene_id in dialogues:
-                raise DataError(str(path), None, f"{swhere}: scene id {scene_id!r} appears twice")
+            scene_id = _json_scene_id(path, scene, f"{where}.scenes[{s_i}]", dialogues)
             dialogue = Dialogue(scene_id, labels.label_set.name, split, source=str(path))
             for u_i, utt in enumerate(scene["utterances"]):
-                uwhere = f"{swhere}.utterances[{u_i}]"
-                uid = utt.get("utterance_id") if isinstance(utt, dict) else None
-                if not isinstance(uid, str) or not uid:
-                    raise DataError(str(path), None, f"{uwhere} has no 'utterance_id'; expected a string")
-                line = uid_lines.get(uid)
-                missing = [k for k in ("speakers", "transcript", "emotion") if k not in utt]
-                if missing:
-                    raise DataError(
-                        str(path),
-                        line,
-                        f"utterance {uid} has no {missing}; expected speakers, transcript, emotion",
-                    )
-                transcript = utt["transcript"]
-                if not isinstance(transcript, str):
-                    raise DataError(str(path), line, f"utterance {uid}: transcript is not a string")
-                text_ = _text_field(path, line, f"transcript of {uid}", transcript, notes)
-                names = utt["speakers"]
-                if (
-                    not isinstance(names, list)
-                    or not names
-                    or not all(isinstance(n, str) and n.strip() for n in names)
-                ):
-                    raise DataError(
-                        str(path),
-                        line,
-                        f"utterance {uid}: speakers is {names!r}; expected a non-empty list of names",
-                    )
-                speakers = tuple(_text_field(path, line, "speaker", n, notes).strip() for n in names)
-                label = labels(utt["emotion"])
-                if label is None:
-                    raise DataError(
-                        str(path),
-                        line,
-                        f"utterance {uid}: unknown emotion {utt['emotion']!r}; expected {labels.expected()}",
-                    )
-                _check_unique(path, line, uid, seen)
-                dialogue.utterances.append(Utterance(uid, speakers, text_, label, line))
+                uwhere = f"{where}.scenes[{s_i}].utterances[{u_i}]"
+                utterance = _json_utterance(path, utt, uwhere, labels, notes, uid_lines)
+                _check_unique(path, utterance.source_line, utterance.uid, seen)
+                dialogue.utterances.append(utterance)
             if not dialogue.utterances:
                 raise DataError(str(path), None, f"scene {scene_id} has no utterances")
             dialogues[scene_id] = dialogue
     return _require_rows(path, dialogues)
+
+
+def _json_scene_id(path: Path, scene: Any, swhere: str, dialogues: dict[str, Dialogue]) -> str:
+    """The id of one EmoryNLP scene (a scene object with an utterances list, not seen before)."""
+    if not isinstance(scene, dict) or not isinstance(scene.get("utterances"), list):
+        raise DataError(str(path), None, f"{swhere} has no 'utterances' list; {_EMORYNLP_JSON_EXPECTED}")
+    scene_id = scene.get("scene_id")
+    if not isinstance(scene_id, str) or not scene_id:
+        raise DataError(str(path), None, f"{swhere} has no 'scene_id'; expected a string like s01_e15_c01")
+    if scene_id in dialogues:
+        raise DataError(str(path), None, f"{swhere}: scene id {scene_id!r} appears twice")
+    return scene_id
+
+
+def _json_utterance(
+    path: Path, utt: Any, uwhere: str, labels: LabelNormalizer, notes: ReadNotes, uid_lines: dict[str, int]
+) -> Utterance:
+    """One EmoryNLP utterance object, checked (its line: where its utterance_id is in the file)."""
+    uid = utt.get("utterance_id") if isinstance(utt, dict) else None
+    if not isinstance(uid, str) or not uid:
+        raise DataError(str(path), None, f"{uwhere} has no 'utterance_id'; expected a string")
+    line = uid_lines.get(uid)
+    missing = [k for k in ("speakers", "transcript", "emotion") if k not in utt]
+    if missing:
+        raise DataError(
+            str(path),
+            line,
+            f"utterance {uid} has no {missing}; expected speakers, transcript, emotion",
+        )
+    transcript = utt["transcript"]
+    if not isinstance(transcript, str):
+        raise DataError(str(path), line, f"utterance {uid}: transcript is not a string")
+    text_ = _text_field(path, line, f"transcript of {uid}", transcript, notes)
+    names = utt["speakers"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(
+            str(path),
+            line,
+            f"utterance {uid}: speakers is {names!r}; expected a non-empty list of names",
+        )
+    speakers = tuple(_text_field(path, line, "speaker", n, notes).strip() for n in names)
+    label = labels(utt["emotion"])
+    if label is None:
+        raise DataError(
+            str(path),
+            line,
+            f"utterance {uid}: unknown emotion {utt['emotion']!r}; expected {labels.expected()}",
+        )
+    return Utterance(uid, speakers, text_, label, line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,52 +517,8 @@ def read_jsonl(path: Path, split: str | None, labels: LabelNormalizer, notes: Re
     dialogue_lines: dict[str, int] = {}
     seen: dict[str, int | None] = {}
     for line, obj in iter_jsonl(text.splitlines(), str(path), f"truncated file? {JSONL_EXPECTED}"):
-        if not isinstance(obj, dict):
-            raise DataError(str(path), line, f"found a JSON {type(obj).__name__}; {JSONL_EXPECTED}")
-        missing = [k for k in JSONL_KEYS if k not in obj]
-        if missing:
-            raise DataError(str(path), line, f"missing {missing}; {JSONL_EXPECTED}")
-
-        dia = obj["dialogue_id"]
-        if isinstance(dia, bool) or not isinstance(dia, str | int) or not str(dia).strip():
-            raise DataError(
-                str(path), line, f"dialogue_id is {dia!r}; expected a non-empty string or an integer"
-            )
-        dialogue_id = str(dia).strip()
-
-        speaker = obj["speaker"]
-        names = speaker if isinstance(speaker, list) else [speaker]
-        if not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise DataError(
-                str(path), line, f"speaker is {speaker!r}; expected a non-empty name or a list of names"
-            )
-        speakers = tuple(_text_field(path, line, "speaker", n, notes).strip() for n in names)
-
-        if not isinstance(obj["text"], str):
-            raise DataError(str(path), line, f"text is {obj['text']!r}; expected a string")
-        utterance_text = _text_field(path, line, "text", obj["text"], notes)
-
-        label = labels(obj["label"])
-        if label is None:
-            raise DataError(str(path), line, f"unknown label {obj['label']!r}; expected {labels.expected()}")
-
-        if "split" in obj:
-            raw_split = obj["split"]
-            line_split: str | None = (
-                SPLIT_ALIASES.get(str(raw_split).strip().lower()) if isinstance(raw_split, str) else None
-            )
-            if line_split is None:
-                raise DataError(str(path), line, f"split is {raw_split!r}; expected one of {list(SPLITS)}")
-        elif default_split is not None:
-            line_split = default_split
-        else:
-            raise DataError(
-                str(path),
-                line,
-                "no 'split' field and the file name names no split; expected \"split\": "
-                '"train"|"dev"|"test" on each line, or a file named like train.jsonl',
-            )
-
+        dialogue_id, speakers, utterance_text, label = _jsonl_fields(path, line, obj, labels, notes)
+        line_split = _jsonl_line_split(path, line, obj, default_split)
         dialogue = dialogues.get(dialogue_id)
         if dialogue is None:
             dialogue = dialogues[dialogue_id] = Dialogue(
@@ -567,14 +532,7 @@ def read_jsonl(path: Path, split: str | None, labels: LabelNormalizer, notes: Re
                 f"dialogue {dialogue_id!r} is in split {line_split!r} here but {dialogue.split!r} at line "
                 f"{dialogue_lines[dialogue_id]}; expected one split per dialogue",
             )
-
-        if "utterance_id" in obj:
-            uid = obj["utterance_id"]
-            if not isinstance(uid, str) or not uid.strip():
-                raise DataError(str(path), line, f"utterance_id is {uid!r}; expected a non-empty string")
-            uid = uid.strip()
-        else:
-            uid = f"{dialogue_id}-u{len(dialogue.utterances)}"
+        uid = _jsonl_uid(path, line, obj, f"{dialogue_id}-u{len(dialogue.utterances)}")
         _check_unique(path, line, uid, seen)
         dialogue.utterances.append(Utterance(uid, speakers, utterance_text, label, line))
 
@@ -587,6 +545,66 @@ def read_jsonl(path: Path, split: str | None, labels: LabelNormalizer, notes: Re
         present = sorted({d.split for d in dialogues.values()})
         raise DataError(str(path), None, f"no utterances for split {split!r}; the file holds {present}")
     return chosen
+
+
+def _jsonl_fields(
+    path: Path, line: int, obj: Any, labels: LabelNormalizer, notes: ReadNotes
+) -> tuple[str, tuple[str, ...], str, str]:
+    """(dialogue id, speakers, text, label) of one JSONL line, checked."""
+    if not isinstance(obj, dict):
+        raise DataError(str(path), line, f"found a JSON {type(obj).__name__}; {JSONL_EXPECTED}")
+    missing = [k for k in JSONL_KEYS if k not in obj]
+    if missing:
+        raise DataError(str(path), line, f"missing {missing}; {JSONL_EXPECTED}")
+
+    dia = obj["dialogue_id"]
+    if isinstance(dia, bool) or not isinstance(dia, str | int) or not str(dia).strip():
+        raise DataError(str(path), line, f"dialogue_id is {dia!r}; expected a non-empty string or an integer")
+
+    speaker = obj["speaker"]
+    names = speaker if isinstance(speaker, list) else [speaker]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(
+            str(path), line, f"speaker is {speaker!r}; expected a non-empty name or a list of names"
+        )
+    speakers = tuple(_text_field(path, line, "speaker", n, notes).strip() for n in names)
+
+    if not isinstance(obj["text"], str):
+        raise DataError(str(path), line, f"text is {obj['text']!r}; expected a string")
+    utterance_text = _text_field(path, line, "text", obj["text"], notes)
+
+    label = labels(obj["label"])
+    if label is None:
+        raise DataError(str(path), line, f"unknown label {obj['label']!r}; expected {labels.expected()}")
+    return str(dia).strip(), speakers, utterance_text, label
+
+
+def _jsonl_line_split(path: Path, line: int, obj: dict, default_split: str | None) -> str:
+    """A line's split: its ``split`` field, else the split the caller or the file name gives."""
+    if "split" in obj:
+        raw_split = obj["split"]
+        line_split = SPLIT_ALIASES.get(str(raw_split).strip().lower()) if isinstance(raw_split, str) else None
+        if line_split is None:
+            raise DataError(str(path), line, f"split is {raw_split!r}; expected one of {list(SPLITS)}")
+        return line_split
+    if default_split is not None:
+        return default_split
+    raise DataError(
+        str(path),
+        line,
+        "no 'split' field and the file name names no split; expected \"split\": "
+        '"train"|"dev"|"test" on each line, or a file named like train.jsonl',
+    )
+
+
+def _jsonl_uid(path: Path, line: int, obj: dict, default: str) -> str:
+    """A line's ``utterance_id`` (stripped), or ``default`` (``<dialogue>-u<index>``) without one."""
+    if "utterance_id" not in obj:
+        return default
+    uid = obj["utterance_id"]
+    if not isinstance(uid, str) or not uid.strip():
+        raise DataError(str(path), line, f"utterance_id is {uid!r}; expected a non-empty string")
+    return uid.strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,35 +681,48 @@ def find_split_files(path: str | Path, format: str) -> dict[str, Path]:
         return _splits_of_file(root, format)
     if not root.is_dir():
         raise DataError(str(root), None, "no such file or directory")
-    found: dict[str, Path] = {}
     if format in _SPLIT_FILE_NAMES:
-        for split, name in _SPLIT_FILE_NAMES[format].items():
-            direct = root / name
-            candidates = [direct] if direct.is_file() else sorted(root.rglob(name))
-            if len(candidates) > 1:
-                raise DataError(
-                    str(root),
-                    None,
-                    f"several {name} below this folder ({[str(c) for c in candidates]}); name one folder",
-                )
-            if candidates:
-                found[split] = candidates[0]
+        found = _release_files(root, format)
         expected = sorted(_SPLIT_FILE_NAMES[format].values())
     else:
         jsonl = sorted(root.glob("*.jsonl")) or sorted(root.rglob("*.jsonl"))
-        for candidate in jsonl:
-            named = split_from_filename(candidate)
-            if named is None:
-                continue
-            if named in found:
-                raise DataError(str(root), None, f"two {named} files: {found[named]} and {candidate}")
-            found[named] = candidate
+        found = _jsonl_files_by_name(root, jsonl)
         if not found and len(jsonl) == 1:
             return _splits_of_file(jsonl[0], format)
         expected = ["train.jsonl", "dev.jsonl", "test.jsonl (or one .jsonl with 'split' fields)"]
     if not found:
         raise DataError(str(root), None, f"no {format} data files here; expected {expected}")
     return {s: found[s] for s in SPLITS if s in found}
+
+
+def _release_files(root: Path, format: str) -> dict[str, Path]:
+    """Split -> the file with the original release's name, in ``root`` or (only one) below it."""
+    found: dict[str, Path] = {}
+    for split, name in _SPLIT_FILE_NAMES[format].items():
+        direct = root / name
+        candidates = [direct] if direct.is_file() else sorted(root.rglob(name))
+        if len(candidates) > 1:
+            raise DataError(
+                str(root),
+                None,
+                f"several {name} below this folder ({[str(c) for c in candidates]}); name one folder",
+            )
+        if candidates:
+            found[split] = candidates[0]
+    return found
+
+
+def _jsonl_files_by_name(root: Path, jsonl: list[Path]) -> dict[str, Path]:
+    """Split -> the ``.jsonl`` file whose name names it (two for one split: a DataError)."""
+    found: dict[str, Path] = {}
+    for candidate in jsonl:
+        named = split_from_filename(candidate)
+        if named is None:
+            continue
+        if named in found:
+            raise DataError(str(root), None, f"two {named} files: {found[named]} and {candidate}")
+        found[named] = candidate
+    return found
 
 
 def _splits_of_file(path: Path, format: str) -> dict[str, Path]:
