@@ -10,20 +10,13 @@ docs/architecture.md shows are the floors the contract enforces.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
+from tests.support.tools import installed_tool
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _lint_imports() -> str:
-    beside = Path(sys.executable).parent / "lint-imports"
-    found = str(beside) if beside.exists() else shutil.which("lint-imports")
-    assert found, "lint-imports not installed: pip install -e '.[test]' (import-linter)"
-    return found
 
 
 def _contract(contract_id: str) -> dict:
@@ -34,7 +27,7 @@ def _contract(contract_id: str) -> dict:
 
 def test_import_contracts_hold():
     proc = subprocess.run(
-        [_lint_imports(), "--no-cache", "--no-logo"],
+        [installed_tool("lint-imports", "import-linter"), "--no-cache", "--no-logo"],
         cwd=REPO,
         capture_output=True,
         text=True,

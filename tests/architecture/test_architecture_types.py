@@ -6,19 +6,12 @@ The configuration is ``[tool.mypy]`` in pyproject.toml; it checks the controller
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.tools import installed_tool
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _mypy() -> str:
-    beside = Path(sys.executable).parent / "mypy"
-    found = str(beside) if beside.exists() else shutil.which("mypy")
-    assert found, "mypy not installed: pip install -e '.[test]'"
-    return found
 
 
 def test_the_controller_is_checked_under_its_import_name():
@@ -27,6 +20,8 @@ def test_the_controller_is_checked_under_its_import_name():
 
 
 def test_type_check_is_clean():
-    proc = subprocess.run([_mypy()], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [installed_tool("mypy", "mypy")], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success: no issues found" in proc.stdout, proc.stdout

@@ -18,19 +18,7 @@ from bench.quality import report
 from bench.quality import run as runner
 from bench.quality.stats import holm, mde_factor, point_scores
 from coe_runtime.errors import ConfigError
-
-LABELS = ["neutral", "joy", "anger", "sadness"]
-
-
-def _sample(n_dialogues: int = 60, size: int = 8, seed: int = 1, right_a: float = 0.6, right_b: float = 0.6):
-    """Gold labels, two arms' predictions (right with the given rates) and each utterance's dialogue."""
-    rng = random.Random(seed)
-    groups = [f"meld-test-d{d}" for d in range(n_dialogues) for _ in range(size)]
-    gold = [rng.choice(LABELS) for _ in groups]
-    a = [g if rng.random() < right_a else rng.choice([*LABELS, None]) for g in gold]
-    b = [g if rng.random() < right_b else rng.choice([*LABELS, None]) for g in gold]
-    return gold, a, b, groups
-
+from tests.bench.paired_sample import LABELS, paired_sample
 
 # -- the runner: paired comparisons and seed summaries from collected arms ----------------------
 
@@ -49,8 +37,8 @@ def _collected(arm: str, seed: int, gold, pred, ids, repeat_of: str | None = Non
 
 
 def test_paired_comparisons_pair_seeds_and_correct_for_the_family():
-    gold, ref, better, groups = _sample(n_dialogues=80, right_a=0.5, right_b=0.8, seed=4)
-    _, ref2, same, _ = _sample(n_dialogues=80, right_a=0.5, right_b=0.5, seed=9)
+    gold, ref, better, groups = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.8, seed=4)
+    _, ref2, same, _ = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.5, seed=9)
     ids = [f"erc:{g}-u{i}" for i, g in enumerate(groups)]
     collected = [
         _collected("erc-only", 42, gold, ref, ids),
@@ -95,7 +83,7 @@ def test_paired_comparisons_pair_seeds_and_correct_for_the_family():
 
 
 def test_paired_comparisons_resample_the_dialogues_they_are_given():
-    gold, ref, arm, groups = _sample(n_dialogues=40, size=6, seed=6)
+    gold, ref, arm, groups = paired_sample(n_dialogues=40, size=6, seed=6)
     ids = [f"x{i}" for i in range(len(gold))]  # ids that name no dialogue
     collected = [_collected("erc-only", 42, gold, ref, ids), _collected("clues", 42, gold, arm, ids)]
     mapped = runner.paired_comparisons(collected, dict(zip(ids, groups, strict=True)), resamples=200)
@@ -238,7 +226,7 @@ def test_planned_steps_follow_batch_accumulation_and_max_steps(meld_folder):
 
 
 def test_report_renders_the_paired_table_the_mde_line_and_the_seed_table():
-    gold, ref, better, groups = _sample(n_dialogues=50, right_a=0.5, right_b=0.75, seed=8)
+    gold, ref, better, groups = paired_sample(n_dialogues=50, right_a=0.5, right_b=0.75, seed=8)
     ids = [f"erc:{g}-u{i}" for i, g in enumerate(groups)]
     collected = [
         _collected("erc-only", 42, gold, ref, ids),

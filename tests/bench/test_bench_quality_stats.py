@@ -24,8 +24,7 @@ from bench.quality.stats import (
 from coe_runtime.data.labels import get_label_set
 from coe_runtime.errors import ConfigError
 from coe_runtime.metrics import compute_metrics
-
-LABELS = ["neutral", "joy", "anger", "sadness"]
+from tests.bench.paired_sample import LABELS, paired_sample
 
 
 def _sample(n: int = 400, seed: int = 1):
@@ -146,22 +145,11 @@ def test_bench_report_formats_durations():
     assert report.fmt_duration(7260) == "2h01m"
 
 
-def _paired_sample(
-    n_dialogues: int = 60, size: int = 8, seed: int = 1, right_a: float = 0.6, right_b: float = 0.6
-):
-    rng = random.Random(seed)
-    groups = [f"meld-test-d{d}" for d in range(n_dialogues) for _ in range(size)]
-    gold = [rng.choice(LABELS) for _ in groups]
-    a = [g if rng.random() < right_a else rng.choice([*LABELS, None]) for g in gold]
-    b = [g if rng.random() < right_b else rng.choice([*LABELS, None]) for g in gold]
-    return gold, a, b, groups
-
-
 # -- paired comparison of two arms -------------------------------------------------------------------------------------
 
 
 def test_identical_predictions_differ_by_nothing():
-    gold, a, _, groups = _paired_sample()
+    gold, a, _, groups = paired_sample()
     out = paired_bootstrap(gold, [(a, list(a))], groups, LABELS, resamples=500)
     for d in out.values():
         assert (d.delta, d.low, d.high, d.p_value, d.se) == (0.0, 0.0, 0.0, 1.0, 0.0)
@@ -170,7 +158,7 @@ def test_identical_predictions_differ_by_nothing():
 
 
 def test_paired_delta_is_the_difference_of_the_scores_and_is_deterministic():
-    gold, a, b, groups = _paired_sample(right_a=0.7, right_b=0.5)
+    gold, a, b, groups = paired_sample(right_a=0.7, right_b=0.5)
     out = paired_bootstrap(gold, [(a, b)], groups, LABELS, resamples=2000, seed=3)
     pa, pb = point_scores(gold, a, LABELS), point_scores(gold, b, LABELS)
     for m in stats.METRICS:
@@ -186,8 +174,8 @@ def test_paired_delta_is_the_difference_of_the_scores_and_is_deterministic():
 
 
 def test_paired_delta_over_seed_pairs_is_their_mean():
-    gold, a, b, groups = _paired_sample(seed=2)
-    _, a2, b2, _ = _paired_sample(seed=5)
+    gold, a, b, groups = paired_sample(seed=2)
+    _, a2, b2, _ = paired_sample(seed=5)
     one = paired_bootstrap(gold, [(a, b)], groups, LABELS, resamples=200)
     two = paired_bootstrap(gold, [(a2, b2)], groups, LABELS, resamples=200)
     both = paired_bootstrap(gold, [(a, b), (a2, b2)], groups, LABELS, resamples=200)
