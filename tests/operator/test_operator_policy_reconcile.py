@@ -5,7 +5,6 @@ an experiment whose store only its own Secret can read is read with that Secret.
 from __future__ import annotations
 
 import base64
-import inspect
 
 import pytest
 import yaml
@@ -17,12 +16,6 @@ from tests.support.kmock_api import KubeAPI
 from tests.support.seaweed import SeaweedServer, weed_available
 
 NS = "ml"
-
-pytestmark = pytest.mark.skipif(
-    "credentials.store_for" not in inspect.getsource(reconcile.observe)
-    or "check_steps" not in inspect.getsource(reconcile.reconcile),
-    reason="policy / credentials not wired into reconcile.py yet",
-)
 
 
 def _experiment(name: str, store: str, **resources) -> dict:
