@@ -20,6 +20,19 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def rank0_decides(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a broadcast), so that ranks whose local files differ take the
+    same branch around a collective operation; ``value`` itself without a process group."""
+    _, world = dist_info()
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def init_distributed() -> None:
     """Join the process group when launched by torchrun with several processes (WORLD_SIZE > 1),
     so the generator shards the work instead of every rank generating everything; no-op otherwise."""

@@ -531,6 +531,10 @@ def run_train(step: TrainStep, extra_callbacks: Sequence[Any] = ()) -> dict[str,
         step=step.name, phase="train", message=f"{len(data.features)} examples on {world} process(es)"
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if evaluator is not None:
+        # A step stopped after its last checkpoint but before that epoch's dev evaluation resumes at
+        # the end, where the Trainer calls no epoch-end callback again: evaluate what it owes.
+        evaluator.evaluate_unless_done(trainer.model, round(trainer.state.epoch or 0))
 
     final_adapter = dirs.root / "final-adapter"
     trainer.save_model(str(final_adapter))  # every rank: ZeRO-3 gathers the weights collectively
@@ -605,6 +609,16 @@ class _DevEvaluator:
         path = self.state_dir / "best.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def metrics_file(self, epoch: int) -> Path:
+        return self.state_dir / f"dev-metrics-epoch-{epoch}.json"
+
+    def evaluate_unless_done(self, model: Any, epoch: int) -> None:
+        """Evaluate ``epoch`` unless its dev metrics are recorded (rank 0's record decides for all)."""
+        from coe_runtime.distributed import rank0_decides
+
+        if not rank0_decides(self.metrics_file(epoch).is_file()):
+            self.evaluate(model, epoch)
+
     def evaluate(self, model: Any, epoch: int) -> None:
         import contextlib
 
@@ -639,7 +653,7 @@ class _DevEvaluator:
             rank, _ = dist_info()
             if rank == 0 and metrics is not None:
                 metrics = {"epoch": epoch, **metrics}
-                (self.state_dir / f"dev-metrics-epoch-{epoch}.json").write_text(json.dumps(metrics, indent=2))
+                self.metrics_file(epoch).write_text(json.dumps(metrics, indent=2))
                 best = self.best
                 if best is None or metrics["weighted_f1"] > best["weighted_f1"]:
                     tmp = self.state_dir / "best-adapter.tmp"

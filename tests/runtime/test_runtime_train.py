@@ -194,3 +194,38 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_end(synthe
     b = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_step_stopped_before_its_last_dev_evaluation_evaluates_on_resume(
+    synthetic_files, tmp_path, monkeypatch
+):
+    # The last checkpoint is written before the epoch-end dev evaluation; a step stopped between the
+    # two resumes at its end, where the Trainer calls no epoch-end callback: the evaluation is owed.
+    from coe_runtime import train as train_module
+
+    out = tmp_path / "out"
+    cfg = parse_step(
+        train_config(
+            out,
+            synthetic_files["train"],
+            eval_file=str(synthetic_files["dev"]),
+            optim={"epochs": 1, "checkpoint_every_steps": 3, "per_device_batch_size": 16},
+        )
+    )
+    real_evaluate = train_module._DevEvaluator.evaluate
+
+    def stopped(self, model, epoch):
+        raise _Interrupt("stopped before the dev evaluation")
+
+    monkeypatch.setattr(train_module._DevEvaluator, "evaluate", stopped)
+    with pytest.raises(_Interrupt):
+        run_train(cfg)
+    assert (out / "_checkpoints" / "checkpoint-4" / "node-0" / "MANIFEST.json").is_file()  # the last step's
+    monkeypatch.setattr(train_module._DevEvaluator, "evaluate", real_evaluate)
+    resumed = run_train(cfg)
+    assert resumed["optimizer_steps"] == 4
+    assert json.loads((out / "resolved-config.json").read_text())["resumed_from"] == "checkpoint-4"
+    dev = json.loads((out / "dev-metrics-epoch-1.json").read_text())
+    assert dev["epoch"] == 1 and dev["n"] == 12
+    assert json.loads((out / "best.json").read_text())["epoch"] == 1
