@@ -13,9 +13,9 @@ from bench.quality import run as runner
 
 REPO = Path(__file__).resolve().parents[2]
 ARMS = set(runner.CORE_ARMS)
-# MELD also has the controls of issue 18 item 4 and erc-only's seed repeats (run last).
-MELD_ARMS = [*runner.ARM_ORDER, "erc-only-seed2", "erc-only-seed3"]
-EXPECTED_ARMS = {"meld": MELD_ARMS, "emorynlp": list(runner.CORE_ARMS)}
+# Both datasets have the controls of issue 18 item 4 and erc-only's seed repeats (run last).
+POWERED_ARMS = [*runner.ARM_ORDER, "erc-only-seed2", "erc-only-seed3"]
+EXPECTED_ARMS = {"meld": POWERED_ARMS, "emorynlp": POWERED_ARMS}
 EXPECTED_STAGES = {
     "erc-only": ("erc",),
     "clues": ("erc",),
@@ -53,15 +53,15 @@ def test_bench_cpu_arms_share_one_budget_and_plan(dataset, tmp_path):
         assert names[-2:] == ["erc", "test"]
     # one clue cache per clue setting: future-turn clues are never mixed with the others
     assert all(len(v) == 1 for v in caches.values())
-    assert len(caches) == (2 if dataset == "meld" else 1)
-    if dataset == "meld":
-        by_name = {a.name: a for a in arms}
-        assert by_name["clues-no-future"].spec.spec.clues.future_turns is False
-        assert by_name["clues"].spec.spec.clues.future_turns is True
-        repeats = [a for a in arms if a.repeat_of]
-        assert {a.repeat_of for a in repeats} == {"erc-only"}
-        assert sorted(a.seed for a in repeats) == [2, 3] and by_name["erc-only"].seed == 42
-        assert by_name["erc-only-matched"].matched_to == "full-curriculum"
+    assert len(caches) == 2
+    # both datasets: the clues without future turns are their own arm
+    by_name = {a.name: a for a in arms}
+    assert by_name["clues-no-future"].spec.spec.clues.future_turns is False
+    assert by_name["clues"].spec.spec.clues.future_turns is True
+    repeats = [a for a in arms if a.repeat_of]
+    assert {a.repeat_of for a in repeats} == {"erc-only"}
+    assert sorted(a.seed for a in repeats) == [2, 3] and by_name["erc-only"].seed == 42
+    assert by_name["erc-only-matched"].matched_to == "full-curriculum"
 
 
 def test_bench_meld_compute_matched_arm_adds_the_curriculums_earlier_steps(tmp_path):
