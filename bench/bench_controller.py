@@ -44,7 +44,6 @@ import collections
 import datetime as dt
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -59,6 +58,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench._machine import cpu_description  # noqa: E402
 
 NS = "coe-bench"
 UA_CONTROLLER = "coe-bench/controller"
@@ -242,18 +243,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def run(args) -> dict:  # noqa: C901 (one measurement, start to end)
@@ -548,7 +537,7 @@ def run(args) -> dict:  # noqa: C901 (one measurement, start to end)
         status_of = {n: exp(n).get("status") or {} for n in running}
         result = {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(),
+            "machine": cpu_description(),
             "command": ("python bench/bench_controller.py " + " ".join(sys.argv[1:])).strip(),
             "controller_command": "coe-ctl " + " ".join(cli_args).replace(str(tmp), "<tmp>"),
             "experiments": {"finished": args.finished, "running": args.running},

@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._machine import cpu_model  # noqa: E402
 from coe_runtime.store.s3 import S3Store, transfer_config_from_env  # noqa: E402
 from tests.support.seaweed import SeaweedServer, find_weed  # noqa: E402
 
@@ -72,14 +73,7 @@ def timed(fn, *args) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     weed = subprocess.run([find_weed(), "version"], capture_output=True, text=True).stdout.strip()
     import boto3
 

@@ -4,7 +4,8 @@ It reads the real step config, checks that the inputs it would read are publishe
 outputs of the right names (round decisions, metrics) and publishes them through the real store,
 so the controller sees exactly what a real step leaves behind — in a fraction of a second.
 
-As the real runtime, only node 0 publishes (``PET_NODE_RANK``, which torchrun reads as its node rank;
+As the real runtime (coe_runtime.train.publish_outputs and record.publish_step run on world rank 0), only
+node 0 publishes (``PET_NODE_RANK``, which torchrun reads as its node rank;
 the other nodes check their inputs and exit 0). Two knobs, set as pod env through the experiment's
 ``resources.env`` (a step's own through ``resources.overrides``), let a test stop a pod mid-run:
 ``FAKE_RUNTIME_HOLD_S`` (wait that long before publishing) and ``FAKE_RUNTIME_IGNORE_SIGTERM=1`` (a

@@ -766,8 +766,8 @@ class TrainingOperator(Kubelet):
         self.record_pod(job, exit_code)
         self.reconcile(job)
 
-    def step_all(self) -> int:
-        """One pass of the operator and the kubelet over every unfinished job; returns how many pods ran.
+    def _step_job(self, job: dict) -> int:
+        """One operator + kubelet pass over one job; returns how many of its pods ran.
 
         Per job: the operator reconciles what the last pass left (a pod that ended: Succeeded, or
         deleted and Restarting on 128-255, or Failed on 1-127); missing pods are created (the
@@ -777,21 +777,6 @@ class TrainingOperator(Kubelet):
         real cluster shows a Failed pod before the operator deletes it depends on informer latency and is
         not knowable here (usually well under a second).
         """
-        from kubernetes.client.exceptions import ApiException
-
-        n = 0
-        for job in self.unfinished():
-            try:
-                n += self._step_job(job)
-            except ApiException as e:
-                # Deleted while this pass looked at it (the controller deletes a job past its restart
-                # limit): the real operator's informer drops it, and the garbage collector its pods.
-                if e.status != 404:
-                    raise
-        return n
-
-    def _step_job(self, job: dict) -> int:
-        """One operator + kubelet pass over one job; returns how many of its pods ran."""
         status = self.reconcile(job)
         if _is_true(status, "Succeeded") or _is_true(status, "Failed"):
             return 0

@@ -563,18 +563,6 @@ class TrainerV2(Kubelet):
         self.record_pod(job, exit_code)
         self.reconcile(job)
 
-    def step_all(self) -> int:
-        from kubernetes.client.exceptions import ApiException
-
-        n = 0
-        for job in self.unfinished():
-            try:
-                n += self._step_job(job)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-        return n
-
     def _step_job(self, job: dict) -> int:
         status = self.reconcile(job)
         if finished({"status": status}) or job["spec"].get("suspend"):

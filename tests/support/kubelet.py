@@ -304,6 +304,28 @@ class Kubelet:
 
     container = ""
 
+    def step_all(self) -> int:
+        """One pass over every unfinished job (``unfinished``), each by the harness's ``_step_job``;
+        returns how many pods ran. A job deleted while the pass looks at it (the controller deletes a job
+        past its restart limit) is skipped: the real operator's informer drops it, and the garbage
+        collector its pods. The PyTorchJob harness documents its pass on ``_step_job``."""
+        from kubernetes.client.exceptions import ApiException
+
+        n = 0
+        for job in self.unfinished():
+            try:
+                n += self._step_job(job)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        return n
+
+    def unfinished(self) -> list[dict]:
+        raise NotImplementedError
+
+    def _step_job(self, job: dict) -> int:
+        raise NotImplementedError
+
     def __init__(self, api, namespace: str, workdir: Path, *, fake: bool = True):
         from kubernetes import client
 
