@@ -65,7 +65,8 @@ NS = "coe-bench"
 UA_CONTROLLER = "coe-bench/controller"
 UA_HARNESS = "coe-bench/harness"
 UA_BENCH = "coe-bench/driver"
-STORE_METHODS = (  # every public FileStore method (primitives and the shared ones built on them)
+# The FileStore methods that touch storage (one S3 request each on s3://): what "store calls" counts.
+STORE_PRIMITIVES = (
     "put_file",
     "get_file",
     "read_bytes",
@@ -74,6 +75,10 @@ STORE_METHODS = (  # every public FileStore method (primitives and the shared on
     "list",
     "list_info",
     "delete_prefix",
+)
+# Every public FileStore method: those, and the shared ones built on them.
+STORE_METHODS = (
+    *STORE_PRIMITIVES,
     "read_json",
     "write_json",
     "read_jsonl",
@@ -85,17 +90,6 @@ STORE_METHODS = (  # every public FileStore method (primitives and the shared on
     "is_published",
     "find_manifest",
     "fetch",
-)
-# The ones that touch storage (one S3 request each on s3://): what "store calls" counts.
-STORE_PRIMITIVES = (
-    "put_file",
-    "get_file",
-    "read_bytes",
-    "write_bytes",
-    "exists",
-    "list",
-    "list_info",
-    "delete_prefix",
 )
 
 
