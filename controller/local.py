@@ -179,6 +179,8 @@ def experiment_status(spec: CoEExperiment, store: Store | None = None) -> dict[s
             st = "tentative" if s.tentative else "pending"
         ok = [e for e in ends.values() if e.get("status") == "succeeded"]
         duration = ok[-1].get("duration_s") if ok else (last_end or {}).get("duration_s")
+        # What the result cost: a resumed step's earlier attempts did part of its work.
+        spent = sum(e.get("duration_s") or 0.0 for e in ends.values())
         rows.append(
             {
                 "name": s.name,
@@ -186,6 +188,7 @@ def experiment_status(spec: CoEExperiment, store: Store | None = None) -> dict[s
                 "state": st,
                 "attempts": len(starts),
                 "duration_s": duration,
+                "attempts_s": round(spent, 2),
                 "exit_code": (last_end or {}).get("rc"),
                 "fingerprint": s.config.fingerprint,
                 "output": s.output,

@@ -135,7 +135,8 @@ def snapshot_arm(
     ``views`` are the arm's :class:`coe_controller.state.StepView` s: a step's files are copied
     when it is done (published with the current fingerprint), from its planned output folder
     (``<experiment>/<step>/<fingerprint>/``) as its manifest lists them. ``status_rows`` are
-    ``experiment_status``'s steps: they become ``steps.json`` (state, attempts, wall time)."""
+    ``experiment_status``'s steps: they become ``steps.json`` (state, attempts, the last successful attempt's wall time
+    ``duration_s`` and ``attempts_s``, all its attempts')."""
     from coe_runtime.store import join
 
     tmp = dest.with_name(dest.name + ".tmp")
@@ -146,7 +147,7 @@ def snapshot_arm(
         (tmp / "spec.yaml").write_bytes(store.read_bytes(spec_uri))
         links["spec"] = "spec.yaml"
     rows = [
-        {k: r.get(k) for k in ("name", "kind", "state", "attempts", "duration_s", "exit_code")}
+        {k: r.get(k) for k in ("name", "kind", "state", "attempts", "duration_s", "attempts_s", "exit_code")}
         for r in status_rows
     ]
     (tmp / "steps.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

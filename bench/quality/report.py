@@ -303,7 +303,8 @@ def render_section(section: Mapping[str, Any]) -> str:
         "(no training budget; wall time is the fit + predict time). Tokens trained: non-padding "
         "tokens seen by all training steps of the arm (all epochs). Tokens generated: STEeR rationales, "
         "clue writing done by this arm, and test answers (dev answers during epoch selection are not "
-        "counted). Wall time: the succeeded attempt of every step of the arm.",
+        "counted). Wall time: every attempt of every step of the arm with the published result's "
+        "settings, so an interrupted step that resumed from its checkpoint counts both parts.",
         "",
     ]
     refs = REFERENCE_BASELINES.get(ds)

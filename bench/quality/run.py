@@ -446,7 +446,7 @@ def collect_arm(
     store = get_store(spec.spec.store)
     state = state if state is not None else observe_arm(arm)
     status_rows = experiment_status(spec, store)["steps"]
-    durations = {r["name"]: r.get("duration_s") for r in status_rows}
+    spent = {r["name"]: r.get("attempts_s") for r in status_rows}
     done = [v for v in state.steps if v.done]
     pending = [v.name for v in state.steps if not v.done]
     out: dict[str, Any] = {
@@ -459,7 +459,7 @@ def collect_arm(
         "stages": list(spec.spec.stage_order),
         "complete": state.finished,
         "next_step": pending[0] if pending else None,
-        "wall_s": round(sum(durations.get(v.name) or 0 for v in done), 1),
+        "wall_s": round(sum(spent.get(v.name) or 0 for v in done), 1),
     }
     tokens_trained = 0
     tokens_generated = 0

@@ -47,13 +47,17 @@ def _publish(step, files: dict[str, object], work: Path) -> None:
     publish_step(step.config, work, meta={"kind": step.kind})
 
 
-def _attempt(spec, step, seconds: float) -> None:
+def _attempt(spec, step, seconds: float, earlier: tuple[tuple[str, float, str | None], ...] = ()) -> None:
+    """One succeeded attempt of ``seconds``, after ``earlier`` ones: (status, seconds, fingerprint
+    or None for this step's)."""
     uri = join(runs_prefix(spec), step.name, "attempts.jsonl")
     fp = step.config.fingerprint
-    get_store(uri).write_jsonl(uri, [
-        {"event": "start", "attempt": 1, "fingerprint": fp},
-        {"event": "end", "attempt": 1, "status": "succeeded", "duration_s": seconds, "rc": 0, "fingerprint": fp},
-    ])  # fmt: skip
+    records = []
+    for n, (status, secs, other) in enumerate([*earlier, ("succeeded", seconds, None)], 1):
+        records += [{"event": "start", "attempt": n, "fingerprint": other or fp},
+                    {"event": "end", "attempt": n, "status": status, "duration_s": secs, "rc": 0 if status == "succeeded" else -15,
+                     "fingerprint": other or fp}]  # fmt: skip
+    get_store(uri).write_jsonl(uri, records)
 
 
 def _files(step) -> dict[str, object]:
@@ -90,19 +94,28 @@ def test_collect_arm_reads_the_current_fingerprints_results(tmp_path, monkeypatc
 
     for i, step in enumerate(steps[1:], 1):
         _publish(step, _files(step), tmp_path / f"w{i}")
-        _attempt(arm.spec, step, 10.0 * i)
+        # erc resumed after an interruption (both parts count); an earlier spec's attempt does not.
+        earlier = (
+            (("failed", 500.0, "0000other0000000"), ("interrupted", 7.0, None)) if step.name == "erc" else ()
+        )
+        _attempt(arm.spec, step, 10.0 * i, earlier)
     state = runner.observe_arm(arm)
     assert state.finished
     out = runner.collect_arm(arm, tmp_path / "results", tmp_path / "results" / "runs", state)
     assert out["complete"] and out["next_step"] is None
     assert out["dev"]["weighted_f1"] == 40.0  # this fingerprint's best.json, not 99 or 77
     assert out["test"]["weighted_f1"] == 41.0 and out["test"]["n"] == 2
-    assert (out["wall_s"], out["tokens_trained"], out["tokens_generated"]) == (30.0, 123, 2)
+    assert (out["wall_s"], out["tokens_trained"], out["tokens_generated"]) == (37.0, 123, 2)
     snap = tmp_path / "results" / "runs" / "erc-only"
     assert sorted(p.name for p in snap.iterdir()) == [
         "erc-best.json", "erc-dev-metrics-epoch-1.json", "metrics.json", "predictions.jsonl", "steps.json"]  # fmt: skip
     assert json.loads((snap / "erc-best.json").read_text())["weighted_f1"] == 40.0
-    assert [r["state"] for r in json.loads((snap / "steps.json").read_text())] == ["succeeded"] * 3
+    rows = json.loads((snap / "steps.json").read_text())
+    assert [r["state"] for r in rows] == ["succeeded"] * 3
+    assert [(r["attempts"], r["duration_s"], r["attempts_s"]) for r in rows[1:]] == [
+        (2, 10.0, 17.0),
+        (1, 20.0, 20.0),
+    ]
     for key in ("steps", "best", "metrics", "predictions"):
         assert (tmp_path / "results" / out["links"][key]).resolve().parent == snap.resolve(), key
     assert "prompt" not in (snap / "predictions.jsonl").read_text()
