@@ -162,14 +162,25 @@ def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 PAIRED_HEADER = (
     "arm",
-    "seed pairs",
+    "seeds (arm / reference)",
     "Δ test wF1 [95% CI]",
     "Δ test acc [95% CI]",
     "bootstrap p",
     "McNemar p (only arm / only ref right)",
     "Holm-adjusted p",
+    "with seed variation: SE, p (Holm)",
     "verdict",
 )
+
+
+def fmt_seeds(runs: Sequence[Mapping[str, Any]] | None) -> str:
+    return ", ".join(str(r["seed"]) for r in runs or []) or DASH
+
+
+def fmt_with_seeds(seeds: Mapping[str, Any] | None) -> str:
+    if not seeds:
+        return DASH
+    return f"{seeds['se']:.2f}, {fmt_p(seeds['p_value'])} ({fmt_p(seeds.get('holm_p'))})"
 
 
 def fmt_delta(d: Mapping[str, Any] | None) -> str:
@@ -186,11 +197,10 @@ def paired_rows(paired: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for r in paired.get("rows") or []:
         mc = r.get("mcnemar") or {}
-        pairs = r.get("pairs") or []
         rows.append(
             [
                 r["arm"],
-                ", ".join(f"{p['seed']}/{p['reference_seed']}" for p in pairs) or DASH,
+                f"{fmt_seeds(r.get('runs'))} / {fmt_seeds(r.get('reference_runs'))}",
                 fmt_delta(r.get("weighted_f1")),
                 fmt_delta(r.get("accuracy")),
                 fmt_p((r.get("weighted_f1") or {}).get("p_value")),
@@ -198,6 +208,7 @@ def paired_rows(paired: Mapping[str, Any]) -> list[list[str]]:
                 if mc
                 else DASH,
                 fmt_p(r.get("holm_p")),
+                fmt_with_seeds(r.get("with_seeds")),
                 r.get("verdict") or DASH,
             ]
         )
@@ -208,15 +219,23 @@ def mde_line(paired: Mapping[str, Any]) -> str | None:
     mde = paired.get("mde")
     if not mde:
         return None
-    return (
+    line = (
         f"Smallest effect this table can detect (power {mde['power']:.0%}, two-sided α {mde['alpha']:g}, paired): "
         f"MDE = (z(1 − α/2) + z(power)) × SE = {mde['factor']:.2f} × {mde['se_median']:.2f} = "
         f"**{mde['weighted_f1']:.2f} points** of test weighted F1, SE being the median bootstrap standard "
         f"error of the {mde['comparisons']} paired differences (range {mde['se_min']:.2f}–{mde['se_max']:.2f}); "
         f"at Holm's first step (α/{mde['comparisons']}) {mde['factor_first_holm_step']:.2f} × SE = "
         f"{mde['weighted_f1_first_holm_step']:.2f} points. A true difference smaller than this is missed "
-        "more often than one time in five."
+        "more often than one time in five — on another test sample, with the trained models held fixed."
     )
+    if mde.get("seed_sd") is not None:
+        line += (
+            f" Counting the training seed too (sd {mde['seed_sd']:.2f} points of test weighted F1 over "
+            f"{mde['reference_runs']} seeds of the reference, taken for every arm; SE = √(SE² + sd² (1/runs + "
+            f"1/{mde['reference_runs']}))): **{mde['weighted_f1_with_seeds_one_run']:.2f} points** for an arm "
+            f"of one run, {mde['weighted_f1_with_seeds_three_runs']:.2f} for an arm of three."
+        )
+    return line
 
 
 def render_paired(paired: Mapping[str, Any]) -> list[str]:
@@ -225,12 +244,15 @@ def render_paired(paired: Mapping[str, Any]) -> list[str]:
     out = [f"### Paired against {ref}", ""]
     out.append(
         f"Each arm minus `{ref}` on the same {fmt_int(paired.get('n'))} test utterances ({fmt_int(paired.get('dialogues'))} "
-        f"dialogues). Δ: the difference in points, averaged over the arm's seed pairs (arm seed / {ref} seed: "
-        f"the {ref} run of the same seed, else its first run; {ref} runs: {runs or DASH}); interval and "
-        f"bootstrap p: {fmt_int(paired.get('resamples'))} resamples of whole dialogues (seed {paired.get('seed', DASH)}), "
-        "the same dialogues for both arms. McNemar: exact test on per-utterance correctness of the first seed "
-        "pair. Holm: the bootstrap p-values of weighted F1 corrected across the arms compared; the verdict "
-        "reads the Holm-adjusted p at 0.05."
+        f"dialogues). Δ: the arm's mean over its scored seeds minus `{ref}`'s mean over its scored seeds "
+        f"({ref} runs: {runs or DASH}), in points; interval and bootstrap p: "
+        f"{fmt_int(paired.get('resamples'))} resamples of whole dialogues (seed {paired.get('seed', DASH)}), "
+        "the same dialogues for every run. McNemar: exact test on per-utterance correctness of the arm's first "
+        f"run against the {ref} run of the same seed (else its first run). Holm: the bootstrap p-values of "
+        "weighted F1 corrected across the arms compared. The bootstrap holds the trained models fixed; "
+        f"\"with seed variation\" adds the training seed's variance, estimated from {ref}'s seeds "
+        "(normal approximation, Holm-corrected too). The verdict reads the Holm-adjusted bootstrap p at 0.05; "
+        '"within seed variation" when the seed-aware test does not confirm it.'
     )
     out.append("")
     rows = paired_rows(paired)

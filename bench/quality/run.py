@@ -49,6 +49,7 @@ from bench.quality.stats import (  # noqa: E402
     mcnemar,
     mde_factor,
     paired_bootstrap,
+    with_seed_variation,
 )
 from coe_runtime.errors import CoEError, ConfigError, DataError  # noqa: E402
 
@@ -771,16 +772,22 @@ def paired_comparisons(
     """Every arm against ``reference``, paired on the same test utterances (None without a scored
     ``reference`` run).
 
-    Runs are grouped by arm (a seed repeat counts for the arm it repeats). Each run of an arm is
-    paired with the reference's run of the same ``optimizer.seed``, or with the reference's first
-    run when the reference has no run of that seed. Per arm: the dialogue bootstrap of the
-    difference averaged over its pairs (:func:`bench.quality.stats.paired_bootstrap`, one draw of
-    dialogues shared by all pairs), the exact McNemar test on its first pair (the pairs share
-    utterances, so they are not independent strata to pool), and Holm's correction of the
-    bootstrap p-values of weighted F1 across the arms compared. The minimum detectable effect is
-    ``(z(1 - alpha/2) + z(power))`` times the median bootstrap standard error of the differences.
-    ``dialogues`` maps prediction id to dialogue (ids it lacks fall back to
-    :func:`bench.quality.stats.dialogue_of`)."""
+    Runs are grouped by arm (a seed repeat counts for the arm it repeats). Δ is the mean over the
+    arm's runs minus the mean over the reference's runs: every (arm run, reference run) pair, one
+    draw of dialogues shared by all pairs (:func:`bench.quality.stats.paired_bootstrap`), which
+    averages to exactly that difference of means in the point estimate and in every resample.
+    McNemar is the exact test on the arm's first run against the reference's run of the same
+    ``optimizer.seed`` (else its first run): runs share utterances, so they are not independent
+    strata to pool. Holm corrects the bootstrap p-values of weighted F1 across the arms compared.
+
+    The bootstrap holds the trained models fixed. When the reference has two or more scored seeds,
+    their sample sd of test weighted F1 stands for every arm's training-seed variation
+    (:func:`bench.quality.stats.with_seed_variation`): each row gets the standard error and p-value
+    with it, Holm-corrected as well, and a bootstrap verdict that this seed-aware test does not
+    confirm reads "within seed variation". The minimum detectable effect is ``(z(1 - alpha/2) +
+    z(power))`` times the median bootstrap standard error of the differences, and with the seed
+    variation for an arm of one and of three runs. ``dialogues`` maps prediction id to dialogue
+    (ids it lacks fall back to :func:`bench.quality.stats.dialogue_of`)."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for c in collected:
         if c.get("_predictions"):
@@ -798,7 +805,8 @@ def paired_comparisons(
     for arm, mine in runs.items():
         if arm == reference:
             continue
-        pairs = [(r, next((e for e in refs if e["seed"] == r["seed"]), refs[0])) for r in mine]
+        pairs = [(a, b) for a in mine for b in refs]
+        first = (mine[0], next((e for e in refs if e["seed"] == mine[0]["seed"]), refs[0]))
         aligned = all(
             set(x["_predictions"]) == set(ids) and [x["_predictions"][i][0] for i in ids] == gold
             for pair in pairs
@@ -807,54 +815,44 @@ def paired_comparisons(
         if not aligned:
             skipped.append(arm)
             continue
-        preds = [
-            ([a["_predictions"][i][1] for i in ids], [b["_predictions"][i][1] for i in ids]) for a, b in pairs
-        ]
+
+        def predicted(run: dict[str, Any]) -> list[str | None]:
+            return [run["_predictions"][i][1] for i in ids]
+
+        preds = [(predicted(a), predicted(b)) for a, b in pairs]
         boot = paired_bootstrap(gold, preds, groups, labels, resamples, seed)
         rows.append(
             {
                 "arm": arm,
-                "pairs": [
-                    {
-                        "run": a["arm"],
-                        "seed": a["seed"],
-                        "reference_run": b["arm"],
-                        "reference_seed": b["seed"],
-                    }
-                    for a, b in pairs
-                ],
+                "runs": [{"run": a["arm"], "seed": a["seed"]} for a in mine],
+                "reference_runs": [{"run": b["arm"], "seed": b["seed"]} for b in refs],
                 **{m: v.as_dict() for m, v in boot.items()},
-                "mcnemar": mcnemar(gold, *preds[0]).as_dict(),
+                "mcnemar": {
+                    **mcnemar(gold, predicted(first[0]), predicted(first[1])).as_dict(),
+                    "run": first[0]["arm"],
+                    "reference_run": first[1]["arm"],
+                },
             }
         )
+    seed_sd = reference_seed_sd(refs)
     for row, adjusted in zip(rows, holm([r["weighted_f1"]["p_value"] for r in rows]), strict=True):
         row["holm_p"] = round(adjusted, 4)
-        if adjusted < alpha:
-            row["verdict"] = f"{'better' if row['weighted_f1']['delta'] > 0 else 'worse'} than {reference}"
-        else:
-            row["verdict"] = "no difference shown"
-    ses = sorted(r["weighted_f1"]["se"] for r in rows)
-    m = len(rows)
-    mde = None
-    if ses:
-        median = float(statistics.median(ses))
-        factor, factor_holm = mde_factor(alpha, power), mde_factor(alpha / m, power)
-        mde = {
-            "alpha": alpha,
-            "power": power,
-            "comparisons": m,
-            "factor": round(factor, 2),
-            "factor_first_holm_step": round(factor_holm, 2),
-            "se_median": round(median, 3),
-            "se_min": ses[0],
-            "se_max": ses[-1],
-            "weighted_f1": round(factor * median, 2),
-            "weighted_f1_first_holm_step": round(factor_holm * median, 2),
-        }
+        if seed_sd is not None:
+            se, p = with_seed_variation(
+                row["weighted_f1"]["delta"], row["weighted_f1"]["se"], seed_sd, len(row["runs"]), len(refs)
+            )
+            row["with_seeds"] = {"se": round(se, 3), "p_value": round(p, 4)}
+    seeded = [r for r in rows if "with_seeds" in r]
+    for row, adjusted in zip(seeded, holm([r["with_seeds"]["p_value"] for r in seeded]), strict=True):
+        row["with_seeds"]["holm_p"] = round(adjusted, 4)
+    for row in rows:
+        row["verdict"] = paired_verdict(row, reference, alpha)
+    mde = minimum_detectable_effect(rows, seed_sd, len(refs), alpha, power)
     scored = {c.get("repeat_of") or c["arm"] for c in collected if c.get("_predictions")}
     return {
         "reference": reference,
         "reference_runs": [{"run": r["arm"], "seed": r["seed"]} for r in refs],
+        "reference_seed_sd": seed_sd,
         "n": len(ids),
         "dialogues": len(set(groups)),
         "resamples": resamples,
@@ -864,6 +862,57 @@ def paired_comparisons(
         "pending": [c["arm"] for c in collected if not c.get("repeat_of") and c["arm"] not in scored],
         "mde": mde,
     }
+
+
+def reference_seed_sd(refs: Sequence[dict[str, Any]]) -> float | None:
+    """Sample sd of test weighted F1 over the reference's scored runs (None under two)."""
+    values = [r["test_ci"]["weighted_f1"]["point"] for r in refs if r.get("test_ci")]
+    return round(statistics.stdev(values), 3) if len(values) > 1 else None
+
+
+def paired_verdict(row: dict[str, Any], reference: str, alpha: float) -> str:
+    """The verdict of one paired row: the Holm-adjusted bootstrap p at ``alpha``, confirmed by the
+    Holm-adjusted seed-aware p where the reference's seeds give one."""
+    if row["holm_p"] >= alpha:
+        return "no difference shown"
+    seeds = row.get("with_seeds")
+    if seeds is not None and seeds["holm_p"] >= alpha:
+        return "within seed variation"
+    return f"{'better' if row['weighted_f1']['delta'] > 0 else 'worse'} than {reference}"
+
+
+def minimum_detectable_effect(
+    rows: Sequence[dict[str, Any]], seed_sd: float | None, reference_runs: int, alpha: float, power: float
+) -> dict[str, Any] | None:
+    """The smallest difference in test weighted F1 the table detects with ``power`` at two-sided
+    ``alpha`` (and at Holm's first step, alpha / comparisons): the MDE factor times the median
+    bootstrap SE of the rows, and, with ``seed_sd``, times the seed-aware SE of an arm of one run
+    and of three runs against ``reference_runs`` runs."""
+    ses = sorted(r["weighted_f1"]["se"] for r in rows)
+    if not ses:
+        return None
+    m = len(rows)
+    median = float(statistics.median(ses))
+    factor, factor_holm = mde_factor(alpha, power), mde_factor(alpha / m, power)
+    out: dict[str, Any] = {
+        "alpha": alpha,
+        "power": power,
+        "comparisons": m,
+        "factor": round(factor, 2),
+        "factor_first_holm_step": round(factor_holm, 2),
+        "se_median": round(median, 3),
+        "se_min": ses[0],
+        "se_max": ses[-1],
+        "weighted_f1": round(factor * median, 2),
+        "weighted_f1_first_holm_step": round(factor_holm * median, 2),
+    }
+    if seed_sd is not None:
+        out["seed_sd"] = seed_sd
+        out["reference_runs"] = reference_runs
+        for runs, key in ((1, "one_run"), (3, "three_runs")):
+            se, _ = with_seed_variation(0.0, median, seed_sd, runs, reference_runs)
+            out[f"weighted_f1_with_seeds_{key}"] = round(factor * se, 2)
+    return out
 
 
 def seed_summaries(collected: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

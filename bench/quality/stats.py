@@ -11,6 +11,11 @@ resamples whole dialogues (utterances of one dialogue are not independent) and g
 difference, a percentile interval, a two-sided p-value and the standard error; :func:`mcnemar` is
 the exact test on per-utterance correctness; :func:`holm` adjusts a family of p-values; and
 :func:`mde_factor` turns a standard error into the smallest effect a test can detect.
+
+The dialogue bootstrap holds the trained models fixed: it says how much a difference would move on
+another test sample, not on another training run. :func:`with_seed_variation` adds the training
+seed's variance (estimated from an arm's seed repeats) to a difference of seed means and gives its
+standard error and a normal-approximation p-value.
 """
 
 from __future__ import annotations
@@ -316,3 +321,21 @@ def mde_factor(alpha: float = 0.05, power: float = 0.8) -> float:
         raise ConfigError(f"MDE: alpha and power must be in (0, 1), got {alpha} and {power}")
     z = NormalDist().inv_cdf
     return z(1 - alpha / 2) + z(power)
+
+
+def with_seed_variation(
+    delta: float, se_test: float, seed_sd: float, runs_a: int, runs_b: int
+) -> tuple[float, float]:
+    """(standard error, two-sided p) of ``delta`` = mean of ``runs_a`` seeds of A minus mean of
+    ``runs_b`` seeds of B, when each run also varies with its training seed by ``seed_sd`` (the
+    same for both arms): SE = sqrt(se_test^2 + seed_sd^2 (1/runs_a + 1/runs_b)), the test-sample
+    and seed variances being independent; p from the normal distribution (1 when SE is 0 and
+    delta is 0)."""
+    if runs_a < 1 or runs_b < 1:
+        raise ConfigError(f"seed variation: need at least one run per arm, got {runs_a} and {runs_b}")
+    if se_test < 0 or seed_sd < 0:
+        raise ConfigError(f"seed variation: standard errors must be >= 0, got {se_test} and {seed_sd}")
+    se = math.sqrt(se_test**2 + seed_sd**2 * (1 / runs_a + 1 / runs_b))
+    if se == 0:
+        return 0.0, 1.0 if delta == 0 else 0.0
+    return se, 2 * (1 - NormalDist().cdf(abs(delta) / se))

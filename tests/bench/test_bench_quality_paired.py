@@ -38,7 +38,9 @@ def _collected(arm: str, seed: int, gold, pred, ids, repeat_of: str | None = Non
 
 def test_paired_comparisons_pair_seeds_and_correct_for_the_family():
     gold, ref, better, groups = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.8, seed=4)
-    _, ref2, same, _ = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.5, seed=9)
+    _, _, same, _ = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.5, seed=9)
+    rng = random.Random(3)  # a second erc-only seed: the first one's answers, a few of them changed
+    ref2 = [rng.choice(LABELS) if rng.random() < 0.1 else p for p in ref]
     ids = [f"erc:{g}-u{i}" for i, g in enumerate(groups)]
     collected = [
         _collected("erc-only", 42, gold, ref, ids),
@@ -51,12 +53,30 @@ def test_paired_comparisons_pair_seeds_and_correct_for_the_family():
     out = runner.paired_comparisons(collected, {}, resamples=2000)
     rows = {r["arm"]: r for r in out["rows"]}
     assert list(rows) == ["clues", "steer"]
-    assert [(p["seed"], p["reference_seed"]) for p in rows["clues"]["pairs"]] == [(42, 42), (2, 2)]
-    assert [(p["run"], p["reference_run"]) for p in rows["clues"]["pairs"]] == [
-        ("clues", "erc-only"),
-        ("clues-seed2", "erc-only-seed2"),
-    ]
-    assert [(p["seed"], p["reference_seed"]) for p in rows["steer"]["pairs"]] == [(7, 42)]
+    assert [(r["run"], r["seed"]) for r in rows["clues"]["runs"]] == [("clues", 42), ("clues-seed2", 2)]
+    assert [r["seed"] for r in rows["steer"]["runs"]] == [7]
+    assert [r["seed"] for r in rows["steer"]["reference_runs"]] == [42, 2]
+    # Δ is the arm's seed mean minus erc-only's seed mean
+    wf1 = {c["arm"]: c["test_ci"]["weighted_f1"]["point"] for c in collected if c.get("test_ci")}
+    assert rows["steer"]["weighted_f1"]["delta"] == pytest.approx(
+        wf1["steer"] - (wf1["erc-only"] + wf1["erc-only-seed2"]) / 2, abs=0.01
+    )
+    assert rows["clues"]["weighted_f1"]["delta"] == pytest.approx(
+        (wf1["clues"] + wf1["clues-seed2"] - wf1["erc-only"] - wf1["erc-only-seed2"]) / 2, abs=0.01
+    )
+    # McNemar: the first run against erc-only's run of its seed, else erc-only's first run
+    assert (rows["clues"]["mcnemar"]["run"], rows["clues"]["mcnemar"]["reference_run"]) == (
+        "clues",
+        "erc-only",
+    )
+    assert rows["steer"]["mcnemar"]["reference_run"] == "erc-only"
+    # two erc-only seeds: their sd is every arm's seed variation
+    sd = out["reference_seed_sd"]
+    assert sd == pytest.approx(abs(wf1["erc-only"] - wf1["erc-only-seed2"]) / math.sqrt(2), abs=1e-3)
+    steer = rows["steer"]
+    assert steer["with_seeds"]["se"] == pytest.approx(
+        math.sqrt(steer["weighted_f1"]["se"] ** 2 + sd**2 * (1 + 1 / 2)), abs=1e-3
+    )
     assert out["dialogues"] == 80 and out["n"] == len(ids)  # groups read from the ids
     assert out["pending"] == ["full-curriculum"]
     clues = rows["clues"]
@@ -74,12 +94,32 @@ def test_paired_comparisons_pair_seeds_and_correct_for_the_family():
     assert mde["comparisons"] == 2 and mde["se_min"] == ses[0] and mde["se_max"] == ses[-1]
     assert mde["weighted_f1"] == pytest.approx(mde_factor() * float(np.median(ses)), abs=0.01)
     assert mde["weighted_f1_first_holm_step"] > mde["weighted_f1"]
+    assert mde["seed_sd"] == sd and mde["reference_runs"] == 2
+    assert (
+        mde["weighted_f1_with_seeds_one_run"] > mde["weighted_f1_with_seeds_three_runs"] > mde["weighted_f1"]
+    )
+    one = math.sqrt(float(np.median(ses)) ** 2 + sd**2 * 1.5)
+    assert mde["weighted_f1_with_seeds_one_run"] == pytest.approx(mde_factor() * one, abs=0.01)
 
     # an arm scored on other utterances is left out, not compared
     other = _collected("clues-no-future", 42, gold[:-1], better[:-1], ids[:-1])
     out = runner.paired_comparisons([*collected, other], {}, resamples=200)
     assert out["skipped"] == ["clues-no-future"]
     assert runner.paired_comparisons(collected[1:3], {}) is None  # no erc-only run: no table
+
+
+def test_a_bootstrap_difference_inside_the_seed_spread_is_not_called_a_win():
+    gold, ref, better, groups = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.56, seed=4)
+    _, _, far, _ = paired_sample(n_dialogues=80, right_a=0.5, right_b=0.2, seed=5)
+    ids = [f"erc:{g}-u{i}" for i, g in enumerate(groups)]
+    one_seed = [_collected("erc-only", 42, gold, ref, ids), _collected("clues", 42, gold, better, ids)]
+    (alone,) = runner.paired_comparisons(one_seed, {}, resamples=2000)["rows"]
+    assert alone["holm_p"] < 0.05 and alone["verdict"] == "better than erc-only" and "with_seeds" not in alone
+    # a second erc-only seed that scores far lower: the seed spread swamps the difference
+    seeds = [*one_seed, _collected("erc-only-seed2", 2, gold, far, ids, repeat_of="erc-only")]
+    (row,) = runner.paired_comparisons(seeds, {}, resamples=2000)["rows"]
+    assert row["holm_p"] < 0.05 and row["with_seeds"]["holm_p"] >= 0.05
+    assert row["verdict"] == "within seed variation"
 
 
 def test_paired_comparisons_resample_the_dialogues_they_are_given():
@@ -255,11 +295,14 @@ def test_report_renders_the_paired_table_the_mde_line_and_the_seed_table():
         f"{c['weighted_f1']['delta']:+.2f} [{c['weighted_f1']['low']:+.2f}, {c['weighted_f1']['high']:+.2f}]"
         in line
     )
-    assert line.startswith("| clues | 42/42 |") and line.endswith("| better than erc-only |")
+    assert line.startswith("| clues | 42 / 42, 2 |") and line.endswith("| better than erc-only |")
+    ws = c["with_seeds"]
+    assert f"| {ws['se']:.2f}, {report.fmt_p(ws['p_value'])} ({report.fmt_p(ws['holm_p'])}) |" in line
     assert f"({c['mcnemar']['a_only']} / {c['mcnemar']['b_only']})" in line
     steer = next(line for line in text.splitlines() if line.startswith("| steer |"))
-    assert "| +0.00 [+0.00, +0.00] |" in steer and steer.endswith("| 1.0000 | no difference shown |")
+    assert "| +0.00 [+0.00, +0.00] |" in steer and steer.endswith("| 1.0000 | 0.00, 1.0000 (1.0000) | no difference shown |")
     assert f"**{paired['mde']['weighted_f1']:.2f} points**" in text and "2.80 ×" in text
+    assert f"**{paired['mde']['weighted_f1_with_seeds_one_run']:.2f} points** for an arm of one run" in text
     assert "Not scored yet: mixed-auxiliary." in text
     assert "### Seeds" in text and "| erc-only | 42, 2 | 2 of 2 |" in text
     assert report.fmt_p(0.00002) == "< 0.0001" and report.fmt_p(None) == report.DASH

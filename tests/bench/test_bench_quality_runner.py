@@ -112,9 +112,8 @@ def test_bench_runner_tiny_end_to_end_is_resumable(tmp_path, tiny_specs, data_di
     assert paired["reference"] == "erc-only" and paired["n"] == section["test_n"]
     assert paired["dialogues"] == 2  # two MELD test dialogues
     (row,) = paired["rows"]
-    assert row["arm"] == "clues" and row["pairs"] == [
-        {"run": "clues", "seed": 42, "reference_run": "erc-only", "reference_seed": 42}
-    ]
+    assert row["arm"] == "clues" and row["runs"] == [{"run": "clues", "seed": 42}]
+    assert row["reference_runs"] == [{"run": "erc-only", "seed": 42}] and "with_seeds" not in row
     assert 0 <= row["holm_p"] <= 1 and row["verdict"]
     assert "### Paired against erc-only" in text and "Smallest effect this table can detect" in text
     assert "_predictions" not in results.with_suffix(".json").read_text()

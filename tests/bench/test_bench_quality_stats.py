@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+from statistics import NormalDist
 
 import pytest
 
@@ -20,6 +21,7 @@ from bench.quality.stats import (
     mde_factor,
     paired_bootstrap,
     point_scores,
+    with_seed_variation,
 )
 from coe_runtime.data.labels import get_label_set
 from coe_runtime.errors import ConfigError
@@ -253,6 +255,21 @@ def test_minimum_detectable_effect_factor():
     assert mde_factor(0.05, 0.9) > mde_factor(0.05, 0.8)
     with pytest.raises(ConfigError):
         mde_factor(0.0, 0.8)
+
+
+def test_seed_variation_widens_the_standard_error():
+    se, p = with_seed_variation(2.0, 0.7, 1.2, 1, 3)
+    assert se == pytest.approx(math.sqrt(0.49 + 1.44 * (1 + 1 / 3)), abs=1e-9)
+    assert p == pytest.approx(2 * (1 - NormalDist().cdf(2.0 / se)), abs=1e-12) and 0.15 < p < 0.25
+    assert with_seed_variation(2.0, 0.7, 0.0, 1, 1) == pytest.approx(
+        (0.7, 2 * (1 - NormalDist().cdf(2 / 0.7)))
+    )
+    assert with_seed_variation(0.0, 0.0, 0.0, 1, 1) == (0.0, 1.0)
+    assert with_seed_variation(-1.0, 0.5, 1.0, 3, 3)[1] == with_seed_variation(1.0, 0.5, 1.0, 3, 3)[1]
+    with pytest.raises(ConfigError, match="at least one run"):
+        with_seed_variation(1.0, 0.5, 1.0, 0, 3)
+    with pytest.raises(ConfigError, match=">= 0"):
+        with_seed_variation(1.0, -0.5, 1.0, 1, 3)
 
 
 def test_dialogue_of_reads_the_utterance_id():
