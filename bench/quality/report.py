@@ -291,6 +291,11 @@ def seed_rows(seeds: Sequence[Mapping[str, Any]]) -> list[list[str]]:
                 fmt_mean_sd(s.get("test_weighted_f1")),
                 fmt_mean_sd(s.get("test_accuracy")),
                 fmt_mean_sd(s.get("dev_weighted_f1")),
+                "; ".join(
+                    f"seed {x['seed']}: {fmt_delta(x.get('weighted_f1'))}, p {fmt_p((x.get('weighted_f1') or {}).get('p_value'))}"
+                    for x in s.get("against_first") or []
+                )
+                or DASH,
             ]
         )
     return rows
@@ -348,12 +353,17 @@ def render_section(section: Mapping[str, Any]) -> str:
                 "test wF1 mean ± sd",
                 "test acc mean ± sd",
                 "dev wF1 mean ± sd",
+                "Δ test wF1 of each repeat vs the first seed [95% CI], bootstrap p",
             ],
             seed_rows(section["seeds"]),
         )
         out += [
             "",
-            "Mean and sample standard deviation over the arm's scored seeds (the repeats' own rows are in the table above).",
+            "Mean and sample standard deviation over the arm's scored seeds (the repeats' own rows are in "
+            "the table above). The last column pairs each repeat with the arm's first seed on the same test "
+            "utterances, with the dialogue bootstrap of the paired table: the same arm, only the training seed "
+            "changed. A small p there says the test-sample bootstrap alone would call seed noise an effect — "
+            "why the paired table also counts the seed's variance.",
             "",
         ]
     if section.get("paired"):

@@ -915,8 +915,42 @@ def minimum_detectable_effect(
     return out
 
 
-def seed_summaries(collected: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation over the seeds of every arm that has seed repeats."""
+def seed_against_first(
+    first: dict[str, Any],
+    other: dict[str, Any],
+    dialogues: dict[str, str],
+    resamples: int = PAIRED_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any] | None:
+    """A seed repeat minus the arm's first run, paired on the same test utterances (dialogue
+    bootstrap and McNemar, as :func:`paired_comparisons`): how far the training seed alone moves
+    the score, in the test-sample test's own terms. None when the two were scored on other
+    utterances."""
+    a, b = other["_predictions"], first["_predictions"]
+    ids = list(b)
+    if set(a) != set(ids) or any(a[i][0] != b[i][0] for i in ids):
+        return None
+    gold = [b[i][0] for i in ids]
+    labels = (first.get("test") or {}).get("labels") or sorted(
+        {*gold} | {p for _, p in (*a.values(), *b.values()) if p}
+    )
+    pred_a, pred_b = [a[i][1] for i in ids], [b[i][1] for i in ids]
+    groups = [dialogues.get(i) or dialogue_of(i) for i in ids]
+    boot = paired_bootstrap(gold, [(pred_a, pred_b)], groups, labels, resamples, seed)
+    return {
+        "run": other["arm"],
+        "seed": other["seed"],
+        "first_run": first["arm"],
+        **{m: v.as_dict() for m, v in boot.items()},
+        "mcnemar": mcnemar(gold, pred_a, pred_b).as_dict(),
+    }
+
+
+def seed_summaries(
+    collected: Sequence[dict[str, Any]], dialogues: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation over the seeds of every arm that has seed repeats, and
+    each scored repeat paired against the arm's first scored run (:func:`seed_against_first`)."""
 
     def stat(values: list[float]) -> dict[str, Any]:
         if not values:
@@ -936,6 +970,8 @@ def seed_summaries(collected: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(runs) < 2:
             continue
         done = [r for r in runs if r.get("test_ci")]
+        paired = [r for r in done if r.get("_predictions")]
+        against = [seed_against_first(paired[0], r, dialogues or {}) for r in paired[1:]]
         out.append(
             {
                 "arm": arm,
@@ -945,6 +981,7 @@ def seed_summaries(collected: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_weighted_f1": stat([r["test_ci"]["weighted_f1"]["point"] for r in done]),
                 "test_accuracy": stat([r["test_ci"]["accuracy"]["point"] for r in done]),
                 "dev_weighted_f1": stat([r["dev"]["weighted_f1"] for r in done if r.get("dev")]),
+                "against_first": [x for x in against if x is not None],
             }
         )
     return out
@@ -994,7 +1031,7 @@ def build_section(
         note = "WARNING: the arms were scored on different test utterances; their rows are not comparable."
     baselines = section_baselines(arms, states, test_uids, baseline_train, baseline_cache)
     paired = paired_comparisons(collected, test_dialogues(test_rows))
-    seeds = seed_summaries(collected)
+    seeds = seed_summaries(collected, test_dialogues(test_rows))
     clue_lines = [
         f"clue writing in arm {c['arm']}: {c['clues']['generated']} generated, {c['clues']['from_cache']} from the "
         f"shared cache, {fmt(c['clues']['tokens_generated'])} tokens, {c['clues']['seconds']} s"

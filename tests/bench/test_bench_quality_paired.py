@@ -145,6 +145,29 @@ def test_seed_summaries_give_mean_and_sd_where_repeats_exist():
     assert [(r["seed"], r["scored"]) for r in row["runs"]] == [(42, True), (2, True), (3, False)]
     assert row["test_weighted_f1"] == {"mean": 51.0, "sd": round(math.sqrt(2), 2), "n": 2}
     assert row["dev_weighted_f1"]["mean"] == 41.0
+    assert row["against_first"] == []  # no predictions to pair
+
+
+def test_seed_summaries_pair_each_repeat_with_the_first_seed():
+    gold, first, other, groups = paired_sample(n_dialogues=60, right_a=0.7, right_b=0.5, seed=11)
+    ids = [f"erc:{g}-u{i}" for i, g in enumerate(groups)]
+    collected = [
+        _collected("erc-only", 42, gold, first, ids),
+        _collected("erc-only-seed2", 2, gold, other, ids, repeat_of="erc-only"),
+        # scored on other utterances: not paired
+        _collected("erc-only-seed3", 3, gold[:-1], other[:-1], ids[:-1], repeat_of="erc-only"),
+    ]
+    (row,) = runner.seed_summaries(collected, {})
+    (x,) = row["against_first"]
+    assert (x["run"], x["seed"], x["first_run"]) == ("erc-only-seed2", 2, "erc-only")
+    wf1 = [c["test_ci"]["weighted_f1"]["point"] for c in collected[:2]]
+    assert x["weighted_f1"]["delta"] == pytest.approx(wf1[1] - wf1[0], abs=0.01)
+    assert x["weighted_f1"]["delta"] < -5
+    assert x["weighted_f1"]["p_value"] < 0.01 and x["mcnemar"]["b_only"] > x["mcnemar"]["a_only"]
+    text = report.render_results([{"dataset": "meld", "arms": [], "baselines": [], "seeds": [row]}])
+    assert (
+        f"seed 2: {report.fmt_delta(x['weighted_f1'])}, p {report.fmt_p(x['weighted_f1']['p_value'])}" in text
+    )
 
 
 # -- check_same_budget: seed repeats and the compute-matched control ---------------------------
@@ -300,7 +323,9 @@ def test_report_renders_the_paired_table_the_mde_line_and_the_seed_table():
     assert f"| {ws['se']:.2f}, {report.fmt_p(ws['p_value'])} ({report.fmt_p(ws['holm_p'])}) |" in line
     assert f"({c['mcnemar']['a_only']} / {c['mcnemar']['b_only']})" in line
     steer = next(line for line in text.splitlines() if line.startswith("| steer |"))
-    assert "| +0.00 [+0.00, +0.00] |" in steer and steer.endswith("| 1.0000 | 0.00, 1.0000 (1.0000) | no difference shown |")
+    assert "| +0.00 [+0.00, +0.00] |" in steer and steer.endswith(
+        "| 1.0000 | 0.00, 1.0000 (1.0000) | no difference shown |"
+    )
     assert f"**{paired['mde']['weighted_f1']:.2f} points**" in text and "2.80 ×" in text
     assert f"**{paired['mde']['weighted_f1_with_seeds_one_run']:.2f} points** for an arm of one run" in text
     assert "Not scored yet: mixed-auxiliary." in text
