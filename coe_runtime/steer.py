@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coe_runtime.data.answers import SCORE_METHOD, TAG_RE, parse_answer
+from coe_runtime.data.answers import SCORE_METHOD, TAG_RE, labels_named, parse_answer
 from coe_runtime.data.dialogue import Example, gold_label, read_examples, write_examples
 from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import DataError
@@ -82,6 +82,11 @@ def extract_rationale(text: str, label_set: LabelSet) -> tuple[str, str] | None:
     if not rationale:
         return None
     return rationale, label
+
+
+def contradicts(rationale: str, gold: str, label_set: LabelSet) -> bool:
+    """Whether a rationale names an emotion other than ``gold`` (:func:`labels_named`)."""
+    return bool(labels_named(rationale, label_set) - {gold})
 
 
 def memory_target(rationale: str, label: str, label_set: LabelSet) -> str:
@@ -184,6 +189,7 @@ def accept(
     scored: Sequence[str | None] | None = None,
     hint_checked: Mapping[str, str | None] | None = None,
     gate_ids: Set[str] = frozenset(),
+    consistent: bool = True,
 ) -> RoundResult:
     """Decide which pool examples join the memory this round.
 
@@ -193,7 +199,9 @@ def accept(
     with the gold label as a hint (only used when ``options.rationalization``); ``hint_checked``
     maps id -> the label scored after the HINT-FREE prompt + that rationale: with
     ``options.rationalization_check`` a rationale whose checked label is not gold is rejected.
-    Examples in ``gate_ids`` (the held-out gate slice) are never accepted. Accepted examples keep
+    Examples in ``gate_ids`` (the held-out gate slice) are never accepted. With ``consistent``, a
+    rationale (direct or rationalized) that names an emotion other than the gold label
+    (:func:`contradicts`) is not accepted. Accepted examples keep
     the hint-free prompt. With ``options.max_accept_per_class`` > 0, each class keeps at most that
     many: direct answers before rationalized ones, then by :func:`selection_key`; the rest stay in
     the pool.
@@ -220,7 +228,9 @@ def accept(
         if ex.id in gate_ids:
             rec["gate"] = True
             continue
-        candidate = _memory_candidate(ex, rec, gold, label_set, options, hint_generations, hint_checked)
+        candidate = _memory_candidate(
+            ex, rec, gold, label_set, options, hint_generations, hint_checked, consistent
+        )
         if candidate is not None:
             candidates.append((candidate[0], i, ex, candidate[1]))
     chosen = _capped_per_class(candidates, round_no, options, per_class, records)
@@ -262,10 +272,14 @@ def _memory_candidate(
     options: SteerOptions,
     hint_generations: Mapping[str, str],
     hint_checked: Mapping[str, str | None],
+    consistent: bool,
 ) -> tuple[int, str] | None:
     """(priority, memory target) when the example may join the memory: its own rationale reached
     the gold answer (priority 0), or, with rationalization, the hinted one did (priority 1)."""
     rationale = direct_rationale(rec["text"], gold, rec["answer"], label_set, options.accept)
+    if rationale is not None and consistent and contradicts(rationale, gold, label_set):
+        rec["contradicts"] = True
+        rationale = None
     if rationale is not None:
         rec["via"] = "direct"
         return 0, memory_target(rationale, gold, label_set)
@@ -280,6 +294,9 @@ def _memory_candidate(
     # A rationale that leans on the hint ("the hint says ...") would teach the model to
     # expect one: memory stores the hint-free prompt, so such a rationale is rejected.
     if found is None or HINT_LEAK_RE.search(found):
+        return None
+    if consistent and contradicts(found, gold, label_set):
+        rec["hint_contradicts"] = True
         return None
     if ex.id in hint_checked:
         rec["hint_check"] = hint_checked[ex.id]
@@ -352,6 +369,8 @@ def _round_counts(
         "capped": sum(bool(r.get("capped")) for r in records),
         "hint_attempts": sum("hint_text" in r for r in records),
         "check_rejected": sum(bool(r.get("check_rejected")) for r in records),
+        # rationales the acceptance rule passed but that name another emotion than the gold one
+        "contradicting": sum(bool(r.get("contradicts") or r.get("hint_contradicts")) for r in records),
         "gate_held_out": sum(bool(r.get("gate")) for r in records),
     }
 
@@ -392,12 +411,15 @@ def needs_hint(
     label_set: LabelSet,
     options: SteerOptions | None = None,
     answer: str | None = None,
+    consistent: bool = False,
 ) -> bool:
     """Whether an example goes to rationalization: its own answer would not be accepted (under
-    ``options.accept``; the ``tag`` rule when no options are given)."""
+    ``options.accept``, the ``tag`` rule when no options are given; with ``consistent``, a
+    rationale that names another emotion is not accepted either)."""
     gold = example.meta["label"]
     rule = options.accept if options is not None else "tag"
-    return direct_rationale(text, gold, answer, label_set, rule) is None
+    found = direct_rationale(text, gold, answer, label_set, rule)
+    return found is None or (consistent and contradicts(found, gold, label_set))
 
 
 def stopping_rule(
@@ -438,6 +460,7 @@ def round_report(
         "rationalized": result.counts["rationalized"],
         "hint_attempts": result.counts["hint_attempts"],
         "check_rejected": result.counts.get("check_rejected", 0),
+        "contradicting": result.counts.get("contradicting", 0),
         "answer_mode": options.answer_mode,
         "accept_rule": options.accept,
         "gate": dict(gate) if gate else None,
@@ -466,6 +489,7 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
         "acc. on pool",
         "rationalized",
         "rej.",
+        "contra.",
         "gate w/wo",
         "capped",
         "cut",
@@ -484,6 +508,7 @@ def format_rounds_table(round_reports: Sequence[Mapping[str, Any]]):
             f"{100 * r['accuracy']:.1f}%",
             str(r["rationalized"]),
             str(r.get("check_rejected", "-")),
+            str(r.get("contradicting", "-")),
             _gate_cell(r.get("gate")),
             str(r["capped"]),
             str(r.get("cut_at_limit", "-")),
@@ -672,11 +697,13 @@ def run_steer_round(step: SteerRoundStep, generator: Any = None, console: Any = 
         scored=scored,
         hint_checked=hint_checked,
         gate_ids=gate_ids,
+        consistent=step.consistent,
     )
     summary = round_report(
         n, result, len(memory), opts, label_set, tokens, time.monotonic() - started, cut_count=cut, gate=gate
     )
     summary["step"] = step.name
+    summary["consistent"] = step.consistent
     summary["warnings"] = warnings
     if not is_rank_zero():
         return summary
@@ -743,7 +770,8 @@ def _rationalize(
     retry = [
         ex
         for i, (ex, text) in enumerate(zip(pool, texts, strict=True))
-        if ex.id not in gate_ids and needs_hint(ex, text, label_set, opts, scored[i] if scored else None)
+        if ex.id not in gate_ids
+        and needs_hint(ex, text, label_set, opts, scored[i] if scored else None, step.consistent)
     ]
     report(step=step.name, phase="steer", message=f"round {step.round}: rationalizing {len(retry)} examples")
     hinted, hint_tokens = _generate(

@@ -236,6 +236,11 @@ class SteerRoundStep(_StepBase):
     label_set: LabelSetRef = LabelSetRef()
     steer: SteerOptions = SteerOptions()
     generation: GenerationSettings = GenerationSettings(max_new_tokens=96)
+    # Keep a rationale only when it names no emotion but the gold one: "Monica expresses joy."
+    # stored with the label anger would teach the model a contradiction (the scored rule alone lets
+    # such pairs in when the label scored after the rationale ignores what it says). A round-only
+    # setting, so it lives here and not on SteerOptions, which the prepare step's identity carries.
+    consistent: bool = True
 
 
 class ModelStep(_StepBase):

@@ -131,7 +131,7 @@ class _Planner:
         self.label_set = _model(self.s.dataset.label_set, rt.LabelSetRef)
         self.lora = _model(self.s.lora, rt.LoraSettings)
         self.eval_generation = _model(self.s.evaluation.generation, rt.GenerationSettings)
-        self.steer = _model(self.s.steer, rt.SteerOptions)
+        self.steer = self.s.steer.options()
 
     # -- helpers ---------------------------------------------------------------------------
     def out(self, name: str, file: str = "") -> str:
@@ -400,6 +400,7 @@ class _Planner:
                     label_set=self.label_set,
                     steer=opts,
                     generation=generation,
+                    consistent=self.s.steer.consistent,
                 ),
                 "steer",
                 "steer",

@@ -239,6 +239,20 @@ _describe(
 class SteerSpec(rt.SteerOptions):
     model_config = _CAMEL
 
+    # Read by the rounds only (rt.SteerRoundStep.consistent), so not a SteerOptions field: those
+    # are part of the prepare step's identity too.
+    consistent: bool = Field(
+        True,
+        description=(
+            "Keep a rationale only when it names no emotion but the gold label (words, synonyms or tags), "
+            "so memory never pairs a rationale with a label it contradicts."
+        ),
+    )
+
+    def options(self) -> rt.SteerOptions:
+        """The runtime's SteerOptions (every field but the round-only ``consistent``)."""
+        return rt.SteerOptions.model_validate(self.model_dump(exclude={"consistent"}))
+
 
 _describe(
     SteerSpec,

@@ -140,6 +140,14 @@ def per_class_rows(
     return rows
 
 
+def fmt_gate(gate: Mapping[str, Any] | None) -> str:
+    """``with / without of n``, marked when the rationales hurt."""
+    if not gate or not gate.get("n"):
+        return DASH
+    cell = f"{gate['correct_with']} / {gate['correct_without']} of {gate['n']}"
+    return cell + (" (**hurt**)" if gate["correct_with"] < gate["correct_without"] else "")
+
+
 def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     rows = []
     for arm in arms:
@@ -150,7 +158,10 @@ def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:
                     str(r.get("round")),
                     fmt_int(r.get("pool_size")),
                     fmt_int(r.get("accepted")),
+                    f"{fmt_int(r.get('rationalized'))} of {fmt_int(r.get('hint_attempts'))}",
+                    f"{fmt_int(r.get('check_rejected'))} / {fmt_int(r.get('contradicting'))}",
                     fmt_num(100 * r["accuracy"] if r.get("accuracy") is not None else None),
+                    fmt_gate(r.get("gate")),
                     fmt_int(r.get("cut_at_limit")),
                     fmt_int(r.get("memory_size")),
                     fmt_int(r.get("tokens_generated")),
@@ -383,7 +394,10 @@ def render_section(section: Mapping[str, Any]) -> str:
                 "round",
                 "pool",
                 "accepted",
+                "of which rationalized (of hinted)",
+                "rejected: hint-free check / names another emotion",
                 "pool accuracy %",
+                "gate: right with / without rationale",
                 "cut at token limit",
                 "memory after",
                 "tokens generated",
@@ -391,6 +405,12 @@ def render_section(section: Mapping[str, Any]) -> str:
             ],
             sr,
         )
+        out += [
+            "",
+            "Gate: a held-out slice of the round's pool (never accepted that round) answered by the round's "
+            "model twice, after its own rationale and directly; **hurt** when the rationale makes it right "
+            "less often. Pool accuracy: the label scored after each pool example's rationale is gold.",
+        ]
         out.append("")
     samples = [a for a in arms if a.get("rationale_samples")]
     if samples:

@@ -93,6 +93,19 @@ def _fuzzy(lowered: str, vocab: dict[str, str]) -> str | None:
     return next(iter(best_labels)) if len(best_labels) == 1 else None
 
 
+def labels_named(text: str, label_set: LabelSet) -> frozenset[str]:
+    """Every label the text names: in a tag, or as a whole word (prompt name, dataset spelling or
+    synonym). What a rationale says the emotion is, wherever it says it; no fuzzy matching."""
+    names, synonyms, names_re, synonyms_re = _vocabulary(label_set)
+    every = {**synonyms, **names}
+    found = {every[n] for m in TAG_RE.finditer(text) if (n := " ".join(m.group(1).split()).lower()) in every}
+    lowered = text.lower()
+    for vocab, pattern in ((names, names_re), (synonyms, synonyms_re)):
+        if pattern is not None:
+            found.update(vocab[m.group(0)] for m in pattern.finditer(lowered))
+    return frozenset(found)
+
+
 def parse_answer(text: str, label_set: LabelSet) -> ParsedAnswer:
     names, synonyms, names_re, synonyms_re = _vocabulary(label_set)
     every = {**synonyms, **names}

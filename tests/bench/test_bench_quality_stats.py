@@ -96,6 +96,11 @@ def _arm(name: str, complete: bool = True) -> dict:
                 "pool_size": 160,
                 "accepted": 40,
                 "accuracy": 0.25,
+                "rationalized": 9,
+                "hint_attempts": 79,
+                "check_rejected": 60,
+                "contradicting": 12,
+                "gate": {"n": 32, "correct_with": 3, "correct_without": 14},
                 "cut_at_limit": 7,
                 "memory_size": 51,
                 "tokens_generated": 9000,
@@ -137,7 +142,12 @@ def test_bench_report_renders_every_column_and_an_incomplete_arm():
     assert "majority: 31.27 here vs 31.27 there" in text
     assert "70.11" in text and "not comparable" in text  # the papers' figures, labelled
     assert "### STEeR rounds" in text  # finished rounds of an unfinished arm are shown too
-    assert "| erc-only | 1 | 160 | 40 | 25.00 | 7 | 51 | 9,000 | continue |" in text
+    assert (
+        "| erc-only | 1 | 160 | 40 | 9 of 79 | 60 / 12 | 25.00 | 3 / 14 of 32 (**hurt**) | 7 | 51 | 9,000 | continue |"
+        in text
+    )
+    assert report.fmt_gate({"n": 32, "correct_with": 14, "correct_without": 14}) == "14 / 14 of 32"
+    assert report.fmt_gate(None) == report.DASH
 
 
 def test_bench_report_formats_durations():

@@ -191,3 +191,50 @@ def test_stopping_rule():
 def test_generations_must_match_the_pool():
     with pytest.raises(ValueError, match="1 generations for 2 pool examples"):
         accept([pool_example(0, "joy"), pool_example(1, "joy")], ["x <joy>"], MELD, TagOptions())
+
+
+def test_a_rationale_that_names_another_emotion_is_never_accepted():
+    # The scored rule accepts when the label scored after the rationale is gold, whatever the
+    # rationale says; real round-1 generations on MELD include "The emotion shown is joy." scored
+    # as anger. Stored, that pair would teach the model a contradiction.
+    pool = [pool_example(i, lab) for i, lab in enumerate(["anger", "anger", "joy", "neutral", "neutral"])]
+    texts = [
+        "The emotion shown is joy.",  # scored anger: names joy
+        "He shouts at his brother. <angry>",  # names anger only (a tag)
+        "Phoebe is glad to see them.",  # a synonym of joy, gold joy
+        "She is not angry, only tired.",  # names anger, gold neutral: rejected (no negation handling)
+        "The cooking teacher explains the recipe.",  # names nothing: accepted
+    ]
+    scored = ["anger", "anger", "joy", "neutral", "neutral"]
+    opts = SteerOptions(rationalization=False)
+    result = accept(pool, texts, MELD, opts, scored=scored)
+    assert [ex.id for ex in result.accepted] == ["steer:u1", "steer:u2", "steer:u4"]
+    assert [bool(r.get("contradicts")) for r in result.records] == [True, False, False, True, False]
+    assert result.counts["contradicting"] == 2 and result.counts["correct"] == 5
+    lax = accept(pool, texts, MELD, opts, scored=scored, consistent=False)
+    assert len(lax.accepted) == 5 and lax.counts["contradicting"] == 0
+
+
+def test_a_contradicting_answer_goes_to_rationalization_and_a_contradicting_hint_is_rejected():
+    pool = [pool_example(0, "anger"), pool_example(1, "fear")]
+    texts = ["Monica expresses joy.", "Monica expresses joy."]
+    scored = ["anger", "joy"]
+    opts = SteerOptions()
+    # the first is scored right but names joy: with the consistency rule it needs a hint too
+    assert [needs_hint(ex, t, MELD, opts, a, consistent=True) for ex, t, a in zip(pool, texts, scored, strict=True)] == [True, True]  # fmt: skip
+    assert not needs_hint(pool[0], texts[0], MELD, opts, "anger", consistent=False)
+    hinted = {"steer:u0": "Her brother broke her phone again.", "steer:u1": "She is surprised by the noise."}
+    checked = {"steer:u0": "anger", "steer:u1": "fear"}
+    result = accept(pool, texts, MELD, opts, scored=scored, hint_generations=hinted, hint_checked=checked)
+    assert [ex.id for ex in result.accepted] == ["steer:u0"]
+    assert result.accepted[0].meta["steer_via"] == "rationalized"
+    assert result.records[1].get("hint_contradicts") and result.counts["contradicting"] == 2
+
+
+def test_labels_named_finds_every_label_a_text_names():
+    from coe_runtime.data.answers import labels_named
+
+    assert labels_named("She is glad, then <angry>, then sad.", MELD) == {"joy", "anger", "sadness"}
+    assert labels_named("Nothing here; unhappy is a synonym, madness is not.", MELD) == {"sadness"}
+    assert labels_named("Chandler is mad at Joey.", EMORYNLP) == {"Mad"}
+    assert labels_named("", MELD) == frozenset()

@@ -174,7 +174,7 @@ def test_rounds_table_lists_every_round():
         {"round": 2, "pool_size": 6, "accepted": 0, "accuracy": 0.0, "rationalized": 0, "capped": 0,
          "memory_size": 14, "tokens_generated": 200, "seconds": 1.0, "continue": False, "stop_reason": "few_accepted"},
     ]  # fmt: skip
-    console = Console(record=True, width=140)
+    console = Console(record=True, width=170)
     console.print(format_rounds_table(rows))
     text = console.export_text()
     assert "30.0%" in text and "stop (few_accepted)" in text and "continue" in text
