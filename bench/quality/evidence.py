@@ -104,14 +104,22 @@ def rationale_samples(
     ordered = sorted(records, key=lambda r: str(r.get("id")))
     take = [r for r in ordered if r.get("accepted")][:accepted]
     take += [r for r in ordered if not r.get("accepted")][:rejected]
+
+    def quoted(text: Any, example_id: Any) -> str:
+        return redact_sample(str(text or ""), source=prompts.get(str(example_id), ""))
+
+    # "answer" is the label the round scored (or parsed) after the model's own rationale; a
+    # rationalized sample also shows the hinted rationale, which is what memory stored.
     return [
         {
             "id": r.get("id"),
             "gold": r.get("gold"),
             "parsed": r.get("parsed"),
+            "answer": r.get("answer", r.get("parsed")),
             "accepted": bool(r.get("accepted")),
             "via": r.get("via"),
-            "text": redact_sample(str(r.get("text") or ""), source=prompts.get(str(r.get("id")), "")),
+            "text": quoted(r.get("text"), r.get("id")),
+            "hint_text": quoted(r.get("hint_text"), r.get("id")) if r.get("hint_text") else None,
         }
         for r in take
     ]

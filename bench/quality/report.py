@@ -417,8 +417,10 @@ def render_section(section: Mapping[str, Any]) -> str:
         out += [
             "### Rationale samples (last STEeR round of each arm)",
             "",
-            "The model's own rationales, first accepted and rejected ones by id; quoted spans are "
-            "blanked and each is cut short, so no dataset line is reproduced here.",
+            "The model's own rationales, first accepted and rejected ones by id, with the label scored "
+            "after each (answer) and, where the example was retried with the gold label as a hint, the "
+            "hinted rationale — what memory stores for a rationalized example. Quoted spans and words "
+            "repeated from the prompt are blanked and each is cut short, so no dataset line is reproduced here.",
             "",
         ]
         rows = [
@@ -427,14 +429,18 @@ def render_section(section: Mapping[str, Any]) -> str:
                 str(a["rationale_samples"].get("round")),
                 f"`{s.get('id')}`",
                 str(s.get("gold")),
-                str(s.get("parsed")),
+                str(s.get("answer", s.get("parsed"))),
                 f"yes ({s.get('via')})" if s.get("accepted") else "no",
                 s.get("text") or DASH,
+                s.get("hint_text") or DASH,
             ]
             for a in samples
             for s in a["rationale_samples"].get("samples") or []
         ]
-        out += _table(["arm", "round", "example", "gold", "parsed", "accepted", "generated text"], rows)
+        out += _table(
+            ["arm", "round", "example", "gold", "answer", "accepted", "own rationale", "hinted rationale"],
+            rows,
+        )
         out.append("")
     if section.get("shared"):
         out += ["### Shared work", ""] + [f"- {line}" for line in section["shared"]] + [""]

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from coe_controller.state import StepView
 
+from bench.quality import report
 from bench.quality.evidence import (
     blank_echoes,
     evidence_files,
@@ -58,6 +59,23 @@ def test_rationale_samples_takes_accepted_then_rejected_in_id_order():
              "text": f"text {i}"} for i in range(9)]  # fmt: skip
     got = rationale_samples(list(reversed(recs)), accepted=2, rejected=1)
     assert [(s["id"], s["accepted"]) for s in got] == [("e0", True), ("e2", True), ("e1", False)]
+    assert got[0]["answer"] == "joy" and got[0]["hint_text"] is None  # no "answer" field: the parse
+
+
+def test_a_rationalized_sample_shows_the_hinted_rationale_memory_stored():
+    recs = [{"id": "e1", "gold": "anger", "parsed": "joy", "answer": "neutral", "accepted": True,
+             "via": "rationalized", "text": "Monica expresses joy.", "hint_text": "The emotion is anger."}]  # fmt: skip
+    (sample,) = rationale_samples(recs)
+    assert (sample["answer"], sample["text"], sample["hint_text"]) == (
+        "neutral",
+        "Monica expresses joy.",
+        "The emotion is anger.",
+    )
+    text = report.render_results([{"dataset": "meld", "arms": [{"arm": "steer", "rationale_samples": {"round": 1, "samples": [sample]}}], "baselines": []}])  # fmt: skip
+    assert (
+        "| steer | 1 | `e1` | anger | neutral | yes (rationalized) | Monica expresses joy. | The emotion is anger. |"
+        in text
+    )
 
 
 def _publish(store, tmp_path, uri: str, files: dict) -> dict:
