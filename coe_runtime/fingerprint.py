@@ -2,7 +2,7 @@
 
 A step's fingerprint is the sha256 of its *identity*: the frozen step config with every default
 resolved, minus the fields that only say where it goes (``output``, ``fingerprint``), plus the
-step-config schema version. The inputs a step reads from earlier steps are URIs that end in those
+step-config schema version (and, for a kind in ``STEP_KIND_VERSIONS``, that kind's version). The inputs a step reads from earlier steps are URIs that end in those
 steps' fingerprints (``<experiment>/<step>/<fingerprint>/...``), so the identity of a step covers
 the identity of everything upstream of it, as in make, DVC or Snakemake: change a setting and that
 step and every step downstream of it get new fingerprints; the others keep theirs.
@@ -21,7 +21,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from coe_runtime.step import STEP_SCHEMA_VERSION
+from coe_runtime.step import STEP_KIND_VERSIONS, STEP_SCHEMA_VERSION
 
 FINGERPRINT_LENGTH = 16  # hex characters (64 bits): the folder name of a step's results
 # Fields that say where a step's results go, not what they are.
@@ -80,6 +80,8 @@ def identity(config: Any, experiment_prefix: str) -> dict[str, Any]:
     ident = {"schema": STEP_SCHEMA_VERSION, "step": _relative(data, experiment_prefix.rstrip("/"))}
     if data.get("kind") == "prepare":
         ident["bundled_data"] = bundled_data_digest()
+    if data.get("kind") in STEP_KIND_VERSIONS:
+        ident["kind_version"] = STEP_KIND_VERSIONS[data["kind"]]
     return ident
 
 

@@ -33,12 +33,16 @@ from coe_runtime.data.answers import SCORE_METHOD, TAG_RE, labels_named, parse_a
 from coe_runtime.data.dialogue import Example, gold_label, read_examples, write_examples
 from coe_runtime.data.labels import LabelSet, get_label_set
 from coe_runtime.errors import DataError
-from coe_runtime.prompts.builder import steer_target, with_hint
+from coe_runtime.prompts.builder import hint_line, steer_target, with_hint
 from coe_runtime.record import publish_step
 from coe_runtime.step import GenerationSettings, SteerOptions, SteerRoundStep
 
 # A rationalized answer that mentions the hint it was given.
 HINT_LEAK_RE = re.compile(r"\bhint(?:ed|s)?\b|correct emotion is", re.IGNORECASE)
+# ... or repeats its wording: this many consecutive words shared with the hint line. Real MELD
+# round-2 rationales copied it ("The emotion is neutral; explain why the clues show it.").
+HINT_ECHO_WORDS = 4
+_WORDS_RE = re.compile(r"[a-z]+")
 
 STOP_POOL_EMPTY = "pool_empty"
 STOP_FEW_ACCEPTED = "few_accepted"
@@ -98,6 +102,19 @@ def hint_prompt(prompt: str, label: str, label_set: LabelSet) -> str:
     """The prompt with the gold label given as a hint (STaR rationalization); only generation
     sees it, memory keeps the hint-free prompt. The prompt builder reserved room for it."""
     return with_hint(prompt, label_set.to_prompt(label))
+
+
+def leans_on_hint(rationale: str, prompt_name: str) -> bool:
+    """Whether a rationalized rationale mentions its hint or repeats :data:`HINT_ECHO_WORDS`
+    consecutive words of the hint line: memory stores the hint-free prompt, so such a rationale
+    would teach the model to expect a hint that is never there."""
+    if HINT_LEAK_RE.search(rationale):
+        return True
+    n = HINT_ECHO_WORDS
+    hint = _WORDS_RE.findall(hint_line(prompt_name).lower())
+    grams = {tuple(hint[i : i + n]) for i in range(len(hint) - n + 1)}
+    words = _WORDS_RE.findall(rationale.lower())
+    return any(tuple(words[i : i + n]) in grams for i in range(len(words) - n + 1))
 
 
 def selection_key(round_no: int, example_id: str) -> str:
@@ -291,9 +308,10 @@ def _memory_candidate(
     # With the hint the scored label is the hint's: the scored rule asks only for a rationale
     # here, and the check (without the hint) decides.
     found = direct_rationale(hint_text, gold, gold, label_set, options.accept)
-    # A rationale that leans on the hint ("the hint says ...") would teach the model to
-    # expect one: memory stores the hint-free prompt, so such a rationale is rejected.
-    if found is None or HINT_LEAK_RE.search(found):
+    if found is None:
+        return None
+    if leans_on_hint(found, label_set.to_prompt(gold)):
+        rec["hint_leaned"] = True
         return None
     if consistent and contradicts(found, gold, label_set):
         rec["hint_contradicts"] = True
@@ -371,6 +389,8 @@ def _round_counts(
         "check_rejected": sum(bool(r.get("check_rejected")) for r in records),
         # rationales the acceptance rule passed but that name another emotion than the gold one
         "contradicting": sum(bool(r.get("contradicts") or r.get("hint_contradicts")) for r in records),
+        # hinted rationales that mention the hint or repeat its wording
+        "hint_leaned": sum(bool(r.get("hint_leaned")) for r in records),
         "gate_held_out": sum(bool(r.get("gate")) for r in records),
     }
 
@@ -461,6 +481,7 @@ def round_report(
         "hint_attempts": result.counts["hint_attempts"],
         "check_rejected": result.counts.get("check_rejected", 0),
         "contradicting": result.counts.get("contradicting", 0),
+        "hint_leaned": result.counts.get("hint_leaned", 0),
         "answer_mode": options.answer_mode,
         "accept_rule": options.accept,
         "gate": dict(gate) if gate else None,

@@ -154,6 +154,10 @@ class SteerOptions(_Model):
 # Bumped whenever a step kind's meaning changes in a way its fields do not show (a new output file,
 # a changed algorithm): every fingerprint changes with it, so old results are never mistaken for new.
 STEP_SCHEMA_VERSION = 1
+# The same for one step kind: a kind listed here gets its version in its identity (so only its
+# steps, and those downstream of them, get new fingerprints; unlisted kinds keep theirs).
+# steer_round 2 (2026-12-02): a rationalized rationale that repeats the hint's wording is rejected.
+STEP_KIND_VERSIONS: dict[str, int] = {"steer_round": 2}
 
 
 class _StepBase(_Model):

@@ -159,7 +159,8 @@ def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:
                     fmt_int(r.get("pool_size")),
                     fmt_int(r.get("accepted")),
                     f"{fmt_int(r.get('rationalized'))} of {fmt_int(r.get('hint_attempts'))}",
-                    f"{fmt_int(r.get('check_rejected'))} / {fmt_int(r.get('contradicting'))}",
+                    f"{fmt_int(r.get('check_rejected'))} / {fmt_int(r.get('contradicting'))} / "
+                    f"{fmt_int(r.get('hint_leaned'))}",
                     fmt_num(100 * r["accuracy"] if r.get("accuracy") is not None else None),
                     fmt_gate(r.get("gate")),
                     fmt_int(r.get("cut_at_limit")),
@@ -395,7 +396,7 @@ def render_section(section: Mapping[str, Any]) -> str:
                 "pool",
                 "accepted",
                 "of which rationalized (of hinted)",
-                "rejected: hint-free check / names another emotion",
+                "rejected: hint-free check / names another emotion / leans on the hint",
                 "pool accuracy %",
                 "gate: right with / without rationale",
                 "cut at token limit",

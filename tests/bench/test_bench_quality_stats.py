@@ -100,6 +100,7 @@ def _arm(name: str, complete: bool = True) -> dict:
                 "hint_attempts": 79,
                 "check_rejected": 60,
                 "contradicting": 12,
+                "hint_leaned": 5,
                 "gate": {"n": 32, "correct_with": 3, "correct_without": 14},
                 "cut_at_limit": 7,
                 "memory_size": 51,
@@ -143,7 +144,7 @@ def test_bench_report_renders_every_column_and_an_incomplete_arm():
     assert "70.11" in text and "not comparable" in text  # the papers' figures, labelled
     assert "### STEeR rounds" in text  # finished rounds of an unfinished arm are shown too
     assert (
-        "| erc-only | 1 | 160 | 40 | 9 of 79 | 60 / 12 | 25.00 | 3 / 14 of 32 (**hurt**) | 7 | 51 | 9,000 | continue |"
+        "| erc-only | 1 | 160 | 40 | 9 of 79 | 60 / 12 / 5 | 25.00 | 3 / 14 of 32 (**hurt**) | 7 | 51 | 9,000 | continue |"
         in text
     )
     assert report.fmt_gate({"n": 32, "correct_with": 14, "correct_without": 14}) == "14 / 14 of 32"

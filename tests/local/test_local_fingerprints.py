@@ -156,18 +156,19 @@ def test_the_bundled_data_digest_covers_the_seed_files():
 # replace the planner's one-CPU-process default, so prepare ran as 2 processes on the GPU nodes.
 # The quick start's STEeR rounds (and so everything after steer-r1) changed once, on purpose, on
 # 2026-12-02: a round no longer accepts a rationale that names another emotion than the gold label
-# (SteerRoundStep.consistent); prepare, the auxiliary stages and steer-r1-train kept theirs.
+# (SteerRoundStep.consistent), and — STEP_KIND_VERSIONS["steer_round"] 2 — a hinted rationale that
+# repeats the hint's wording is rejected; prepare, the auxiliary stages and steer-r1-train kept theirs.
 KNOWN_FINGERPRINTS = {
     "quickstart.yaml": {
-        "erc": "b62a8b88f8453703",
+        "erc": "3366d5dd04056c61",
         "prepare": "b91dcc997a3a16c8",
         "roleplay": "d2ceb8f686420433",
         "speaker-id": "ce96cab9857d7463",
-        "steer-r1": "f808918e3ff07f07",
+        "steer-r1": "035c3e7d3e958092",
         "steer-r1-train": "4994d2cac23284f8",
-        "steer-r2": "e8c89927b1faee55",
-        "steer-r2-train": "46c723f60f845aa1",
-        "test": "dc9bf4283a30d817",
+        "steer-r2": "1333373be9918ea7",
+        "steer-r2-train": "15a2d6e4df0a9493",
+        "test": "0bb1c48168aa82be",
     },
     "quality-erc-only.yaml": {
         "erc": "73bb76255a551c8c",

@@ -238,3 +238,42 @@ def test_labels_named_finds_every_label_a_text_names():
     assert labels_named("Nothing here; unhappy is a synonym, madness is not.", MELD) == {"sadness"}
     assert labels_named("Chandler is mad at Joey.", EMORYNLP) == {"Mad"}
     assert labels_named("", MELD) == frozenset()
+
+
+def test_a_hinted_rationale_that_repeats_the_hint_is_rejected():
+    from coe_runtime.steer import leans_on_hint
+
+    # real MELD round-2 rationalizations copied the hint line's wording
+    assert leans_on_hint("The emotion is neutral; explain why the clues show it. <neutral>", "neutral")
+    assert leans_on_hint("As the hint says, it is anger.", "angry")
+    assert not leans_on_hint("The emotion is neutral.", "neutral")  # a restatement, not the hint's words
+    assert not leans_on_hint("Ross explains why he left.", "neutral")
+    pool = [pool_example(0, "neutral"), pool_example(1, "neutral")]
+    texts = ["She is happy.", "She is happy."]
+    hinted = {
+        "steer:u0": "The emotion is neutral; explain why the clues show it.",
+        "steer:u1": "She only asks the time.",
+    }
+    checked = {"steer:u0": "neutral", "steer:u1": "neutral"}
+    result = accept(
+        pool,
+        texts,
+        MELD,
+        SteerOptions(),
+        scored=["joy", "joy"],
+        hint_generations=hinted,
+        hint_checked=checked,
+    )
+    assert [ex.id for ex in result.accepted] == ["steer:u1"]
+    assert result.records[0].get("hint_leaned") and result.counts["hint_leaned"] == 1
+
+
+def test_only_listed_step_kinds_carry_a_kind_version():
+    from coe_runtime.fingerprint import identity
+    from coe_runtime.step import STEP_KIND_VERSIONS
+
+    assert (
+        identity({"kind": "steer_round", "output": "x"}, "p")["kind_version"]
+        == STEP_KIND_VERSIONS["steer_round"]
+    )
+    assert "kind_version" not in identity({"kind": "train", "output": "x"}, "p")
