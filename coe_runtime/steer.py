@@ -111,9 +111,13 @@ def leans_on_hint(rationale: str, prompt_name: str) -> bool:
     if HINT_LEAK_RE.search(rationale):
         return True
     n = HINT_ECHO_WORDS
-    hint = _WORDS_RE.findall(hint_line(prompt_name).lower())
+
+    def words_of(text: str) -> list[str]:  # a plural "s" dropped: "the clue shows" echoes "the clues show"
+        return [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in _WORDS_RE.findall(text.lower())]
+
+    hint = words_of(hint_line(prompt_name))
     grams = {tuple(hint[i : i + n]) for i in range(len(hint) - n + 1)}
-    words = _WORDS_RE.findall(rationale.lower())
+    words = words_of(rationale)
     return any(tuple(words[i : i + n]) in grams for i in range(len(words) - n + 1))
 
 

@@ -156,8 +156,9 @@ class SteerOptions(_Model):
 STEP_SCHEMA_VERSION = 1
 # The same for one step kind: a kind listed here gets its version in its identity (so only its
 # steps, and those downstream of them, get new fingerprints; unlisted kinds keep theirs).
-# steer_round 2 (2026-12-02): a rationalized rationale that repeats the hint's wording is rejected.
-STEP_KIND_VERSIONS: dict[str, int] = {"steer_round": 2}
+# steer_round 2 (2026-12-02): a rationalized rationale that repeats the hint's wording is rejected;
+# 3: also when it changes a plural ("explain why the clue shows it").
+STEP_KIND_VERSIONS: dict[str, int] = {"steer_round": 3}
 
 
 class _StepBase(_Model):

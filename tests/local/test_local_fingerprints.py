@@ -156,19 +156,19 @@ def test_the_bundled_data_digest_covers_the_seed_files():
 # replace the planner's one-CPU-process default, so prepare ran as 2 processes on the GPU nodes.
 # The quick start's STEeR rounds (and so everything after steer-r1) changed once, on purpose, on
 # 2026-12-02: a round no longer accepts a rationale that names another emotion than the gold label
-# (SteerRoundStep.consistent), and — STEP_KIND_VERSIONS["steer_round"] 2 — a hinted rationale that
-# repeats the hint's wording is rejected; prepare, the auxiliary stages and steer-r1-train kept theirs.
+# (SteerRoundStep.consistent), and — STEP_KIND_VERSIONS["steer_round"] 2, then 3 — a hinted rationale
+# that repeats the hint's wording (plurals aside) is rejected; prepare, the auxiliary stages and steer-r1-train kept theirs.
 KNOWN_FINGERPRINTS = {
     "quickstart.yaml": {
-        "erc": "3366d5dd04056c61",
+        "erc": "2f8b0c36eb36f1b1",
         "prepare": "b91dcc997a3a16c8",
         "roleplay": "d2ceb8f686420433",
         "speaker-id": "ce96cab9857d7463",
-        "steer-r1": "035c3e7d3e958092",
+        "steer-r1": "03299d3beec33c64",
         "steer-r1-train": "4994d2cac23284f8",
-        "steer-r2": "1333373be9918ea7",
-        "steer-r2-train": "15a2d6e4df0a9493",
-        "test": "0bb1c48168aa82be",
+        "steer-r2": "9295c1a2df967130",
+        "steer-r2-train": "06cd9a38eacf1fdf",
+        "test": "5f524a492f36bbeb",
     },
     "quality-erc-only.yaml": {
         "erc": "73bb76255a551c8c",

@@ -246,6 +246,7 @@ def test_a_hinted_rationale_that_repeats_the_hint_is_rejected():
     # real MELD round-2 rationalizations copied the hint line's wording
     assert leans_on_hint("The emotion is neutral; explain why the clues show it. <neutral>", "neutral")
     assert leans_on_hint("As the hint says, it is anger.", "angry")
+    assert leans_on_hint("so the emotion is confidence; explain why the clue shows it", "neutral")
     assert not leans_on_hint("The emotion is neutral.", "neutral")  # a restatement, not the hint's words
     assert not leans_on_hint("Ross explains why he left.", "neutral")
     pool = [pool_example(0, "neutral"), pool_example(1, "neutral")]
