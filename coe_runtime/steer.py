@@ -435,7 +435,7 @@ def needs_hint(
     label_set: LabelSet,
     options: SteerOptions | None = None,
     answer: str | None = None,
-    consistent: bool = False,
+    consistent: bool = True,
 ) -> bool:
     """Whether an example goes to rationalization: its own answer would not be accepted (under
     ``options.accept``, the ``tag`` rule when no options are given; with ``consistent``, a
@@ -549,7 +549,7 @@ def _gate_cell(gate: Mapping[str, Any] | None) -> str:
     if not gate or not gate.get("n"):
         return "-"
     cell = f"{gate['correct_with']}/{gate['correct_without']} of {gate['n']}"
-    return cell + (" (hurt)" if gate["correct_with"] < gate["correct_without"] else "")
+    return cell + (" (hurt)" if gate_warning(gate) else "")
 
 
 def per_class_table(report: Mapping[str, Any]):

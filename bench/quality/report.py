@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coe_runtime.steer import gate_warning
+
 # Published figures (weighted F1 on test), from ../shared/data/README.md. Not produced here: those
 # systems pick their best epoch on the test set and use 7B-13B models.
 PAPER_FIGURES: dict[str, list[tuple[str, float]]] = {
@@ -145,7 +147,7 @@ def fmt_gate(gate: Mapping[str, Any] | None) -> str:
     if not gate or not gate.get("n"):
         return DASH
     cell = f"{gate['correct_with']} / {gate['correct_without']} of {gate['n']}"
-    return cell + (" (**hurt**)" if gate["correct_with"] < gate["correct_without"] else "")
+    return cell + (" (**hurt**)" if gate_warning(gate) else "")
 
 
 def steer_rows(arms: Sequence[Mapping[str, Any]]) -> list[list[str]]:

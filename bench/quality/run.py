@@ -760,6 +760,56 @@ def settings_lines(arm: Arm) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class PairedFrame:
+    """The test utterances runs are compared on, in one order: prediction ids, gold labels, each
+    utterance's dialogue (what the paired bootstrap resamples) and the label set scored."""
+
+    ids: list[str]
+    gold: list[str]
+    groups: list[str]
+    labels: list[str]
+
+    @classmethod
+    def of(
+        cls, reference: dict[str, Any], dialogues: dict[str, str], runs: Sequence[dict[str, Any]]
+    ) -> PairedFrame:
+        """The frame of ``reference``'s predictions; ``dialogues`` maps prediction id to dialogue
+        (ids it lacks fall back to :func:`bench.quality.stats.dialogue_of`); without the test
+        step's label list, the labels are those in gold or predicted by any of ``runs``."""
+        preds = reference["_predictions"]
+        ids = list(preds)
+        gold = [preds[i][0] for i in ids]
+        labels = (reference.get("test") or {}).get("labels") or sorted(
+            {*gold} | {p for r in runs for _, p in (r.get("_predictions") or {}).values() if p}
+        )
+        return cls(ids, gold, [dialogues.get(i) or dialogue_of(i) for i in ids], labels)
+
+    def aligned(self, run: dict[str, Any]) -> bool:
+        """Whether ``run`` was scored on exactly these utterances, with the same gold labels."""
+        preds = run["_predictions"]
+        return set(preds) == set(self.ids) and [preds[i][0] for i in self.ids] == self.gold
+
+    def predicted(self, run: dict[str, Any]) -> list[str | None]:
+        return [run["_predictions"][i][1] for i in self.ids]
+
+    def compare(
+        self,
+        pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+        first: tuple[dict[str, Any], dict[str, Any]],
+        resamples: int,
+        seed: int,
+    ) -> dict[str, Any]:
+        """The dialogue bootstrap of A minus B averaged over ``pairs`` (one draw for all) and the
+        exact McNemar test on the ``first`` pair."""
+        preds = [(self.predicted(a), self.predicted(b)) for a, b in pairs]
+        boot = paired_bootstrap(self.gold, preds, self.groups, self.labels, resamples, seed)
+        return {
+            **{m: v.as_dict() for m, v in boot.items()},
+            "mcnemar": mcnemar(self.gold, self.predicted(first[0]), self.predicted(first[1])).as_dict(),
+        }
+
+
 def paired_comparisons(
     collected: Sequence[dict[str, Any]],
     dialogues: dict[str, str],
@@ -795,43 +845,24 @@ def paired_comparisons(
     refs = runs.get(reference)
     if not refs:
         return None
-    ids = list(refs[0]["_predictions"])
-    gold = [refs[0]["_predictions"][i][0] for i in ids]
-    groups = [dialogues.get(i) or dialogue_of(i) for i in ids]
-    labels = (refs[0].get("test") or {}).get("labels") or sorted(
-        {g for g in gold} | {p for c in collected for _, p in (c.get("_predictions") or {}).values() if p}
-    )
+    frame = PairedFrame.of(refs[0], dialogues, collected)
     rows, skipped = [], []
     for arm, mine in runs.items():
         if arm == reference:
             continue
         pairs = [(a, b) for a in mine for b in refs]
         first = (mine[0], next((e for e in refs if e["seed"] == mine[0]["seed"]), refs[0]))
-        aligned = all(
-            set(x["_predictions"]) == set(ids) and [x["_predictions"][i][0] for i in ids] == gold
-            for pair in pairs
-            for x in pair
-        )
-        if not aligned:
+        if not all(frame.aligned(x) for pair in pairs for x in pair):
             skipped.append(arm)
             continue
-
-        def predicted(run: dict[str, Any]) -> list[str | None]:
-            return [run["_predictions"][i][1] for i in ids]
-
-        preds = [(predicted(a), predicted(b)) for a, b in pairs]
-        boot = paired_bootstrap(gold, preds, groups, labels, resamples, seed)
+        stats = frame.compare(pairs, first, resamples, seed)
+        stats["mcnemar"].update(run=first[0]["arm"], reference_run=first[1]["arm"])
         rows.append(
             {
                 "arm": arm,
                 "runs": [{"run": a["arm"], "seed": a["seed"]} for a in mine],
                 "reference_runs": [{"run": b["arm"], "seed": b["seed"]} for b in refs],
-                **{m: v.as_dict() for m, v in boot.items()},
-                "mcnemar": {
-                    **mcnemar(gold, predicted(first[0]), predicted(first[1])).as_dict(),
-                    "run": first[0]["arm"],
-                    "reference_run": first[1]["arm"],
-                },
+                **stats,
             }
         )
     seed_sd = reference_seed_sd(refs)
@@ -853,8 +884,8 @@ def paired_comparisons(
         "reference": reference,
         "reference_runs": [{"run": r["arm"], "seed": r["seed"]} for r in refs],
         "reference_seed_sd": seed_sd,
-        "n": len(ids),
-        "dialogues": len(set(groups)),
+        "n": len(frame.ids),
+        "dialogues": len(set(frame.groups)),
         "resamples": resamples,
         "seed": seed,
         "rows": rows,
@@ -926,23 +957,14 @@ def seed_against_first(
     bootstrap and McNemar, as :func:`paired_comparisons`): how far the training seed alone moves
     the score, in the test-sample test's own terms. None when the two were scored on other
     utterances."""
-    a, b = other["_predictions"], first["_predictions"]
-    ids = list(b)
-    if set(a) != set(ids) or any(a[i][0] != b[i][0] for i in ids):
+    frame = PairedFrame.of(first, dialogues, [first, other])
+    if not frame.aligned(other):
         return None
-    gold = [b[i][0] for i in ids]
-    labels = (first.get("test") or {}).get("labels") or sorted(
-        {*gold} | {p for _, p in (*a.values(), *b.values()) if p}
-    )
-    pred_a, pred_b = [a[i][1] for i in ids], [b[i][1] for i in ids]
-    groups = [dialogues.get(i) or dialogue_of(i) for i in ids]
-    boot = paired_bootstrap(gold, [(pred_a, pred_b)], groups, labels, resamples, seed)
     return {
         "run": other["arm"],
         "seed": other["seed"],
         "first_run": first["arm"],
-        **{m: v.as_dict() for m, v in boot.items()},
-        "mcnemar": mcnemar(gold, pred_a, pred_b).as_dict(),
+        **frame.compare([(other, first)], (other, first), resamples, seed),
     }
 
 

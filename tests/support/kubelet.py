@@ -307,8 +307,11 @@ class Kubelet:
     def step_all(self) -> int:
         """One pass over every unfinished job (``unfinished``), each by the harness's ``_step_job``;
         returns how many pods ran. A job deleted while the pass looks at it (the controller deletes a job
-        past its restart limit) is skipped: the real operator's informer drops it, and the garbage
-        collector its pods. The PyTorchJob harness documents its pass on ``_step_job``."""
+        past its restart limit) is skipped, as the real reconcilers end on NotFound
+        (``client.IgnoreNotFound`` in training-operator release-1.9
+        pkg/controller.v1/pytorch/pytorchjob_controller.go and in kubeflow/trainer
+        pkg/controller/trainjob_controller.go, Reconcile); on a real cluster its pods go with it, through their
+        ownerReferences. The PyTorchJob harness documents its pass on ``_step_job``."""
         from kubernetes.client.exceptions import ApiException
 
         n = 0
