@@ -394,6 +394,19 @@ def _rel(uri: str | None, results_dir: Path) -> str | None:
     return os.path.relpath(path, results_dir)
 
 
+def shown_location(uri: str) -> str:
+    """A store location as RESULTS.md names it: relative to the repository when the store is a
+    folder inside it (the default ``coe-runs/quality``), so the page does not carry one machine's
+    absolute path; any other store's URI as it is."""
+    path = _local(uri)
+    if path is None:
+        return uri
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return uri
+
+
 def observe_arm(arm: Arm) -> Any:
     """The arm's :class:`coe_controller.state.ExperimentState` (its current spec's steps and results)."""
     from coe_controller.state import observe
@@ -543,7 +556,7 @@ def collect_arm(
             links["metrics"] = _rel(join(test.step.output, result_file(test.step)), results_dir)
         links["predictions"] = _rel(join(test.step.output, "predictions.jsonl"), results_dir)
     out["tokens_generated"] = tokens_generated
-    out["store_run_dir"] = experiment_prefix(spec)
+    out["store_run_dir"] = shown_location(experiment_prefix(spec))
     if snapshot_dir is not None and done:
         dest = snapshot_dir / arm.name
         copied = snapshot_arm(store, dest, join(runs_prefix(spec), "spec.yaml"), state.steps, status_rows)

@@ -140,3 +140,13 @@ def test_words_the_model_repeats_from_its_prompt_are_blanked():
     recs = [{"id": "e1", "gold": "joy", "parsed": "joy", "accepted": False, "text": text}]
     (sample,) = rationale_samples(recs, prompts={"e1": prompt})
     assert "homeless" not in sample["text"] and sample["text"].startswith("…")
+
+
+def test_results_name_a_store_inside_the_repository_by_its_relative_path(tmp_path):
+    from bench.quality.run import REPO, shown_location
+
+    inside = (REPO / "coe-runs" / "quality" / "q-meld-clues").as_uri()
+    assert shown_location(inside) == "coe-runs/quality/q-meld-clues"
+    outside = (tmp_path / "store" / "q-meld-clues").as_uri()
+    assert shown_location(outside) == outside  # another machine's folder: named in full
+    assert shown_location("s3://bucket/quality/q-meld-clues") == "s3://bucket/quality/q-meld-clues"
