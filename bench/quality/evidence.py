@@ -10,6 +10,14 @@ that produce the arm's row into ``bench/quality/runs/<dataset>/<arm>/`` and link
 - ``metrics.json``, ``predictions.jsonl``        the test pass (one line per test utterance)
 - ``round-N.json``        each STEeR round's acceptance figures
 - ``clues-summary.json``  the clue step's counts
+- ``arm.json``            the arm's row as RESULTS.json holds it (figures read from the store:
+  tokens, clue counts, redacted rationale samples, dev and test scores with intervals)
+
+``steps.json`` records each step's fingerprint, so a later report can tell whether the snapshot
+is the evidence of the arm's *current* spec (:func:`snapshot_matches`). That lets a fresh clone,
+or a machine whose store lacks the arm, rewrite RESULTS.md from the committed evidence instead of
+dropping the arm; a changed setting or step version changes a fingerprint, and the arm then
+shows as not run.
 
 What is *not* copied: prompts, prepared examples, clue texts and rationales — they hold dataset
 text, which must not enter the repository (predictions hold only ids, the model's short answer,
@@ -35,6 +43,8 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
     "steer_round": ("round-*.json",),
     "clues": ("clues-summary.json",),
 }
+STEP_ROW_KEYS = ("name", "kind", "fingerprint", "state", "attempts", "duration_s", "attempts_s", "exit_code")
+ARM_FILE = "arm.json"
 PREDICTION_KEYS = ("id", "output", "parsed_label", "gold", "parse_method", "decoding")
 SAMPLE_CHARS = 220
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{12,}'")
@@ -154,10 +164,7 @@ def snapshot_arm(
     if store.exists(spec_uri):
         (tmp / "spec.yaml").write_bytes(store.read_bytes(spec_uri))
         links["spec"] = "spec.yaml"
-    rows = [
-        {k: r.get(k) for k in ("name", "kind", "state", "attempts", "duration_s", "attempts_s", "exit_code")}
-        for r in status_rows
-    ]
+    rows = [{k: r.get(k) for k in STEP_ROW_KEYS} for r in status_rows]
     (tmp / "steps.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     links["steps"] = "steps.json"
     for view in views:
@@ -180,3 +187,33 @@ def snapshot_arm(
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
     return links
+
+
+def snapshot_matches(snapshot: Path, views: Sequence[Any]) -> bool:
+    """Whether ``snapshot`` (an arm's folder of evidence) holds the results of exactly the steps in
+    ``views`` (the arm's current plan, :class:`coe_controller.state.StepView` s): the same step
+    names, each recorded as succeeded with the fingerprint the plan gives it now."""
+    try:
+        rows = json.loads((snapshot / "steps.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not (snapshot / ARM_FILE).is_file() or not isinstance(rows, list):
+        return False
+    recorded = {r.get("name"): r for r in rows if isinstance(r, dict)}
+    planned = {v.step.name: v.step.config.fingerprint for v in views}
+    return set(recorded) == set(planned) and all(
+        recorded[name].get("state") == "succeeded" and recorded[name].get("fingerprint") == fp
+        for name, fp in planned.items()
+    )
+
+
+def read_snapshot(snapshot: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An arm's row (``arm.json``) and its slim test predictions (empty when it has none)."""
+    row = json.loads((snapshot / ARM_FILE).read_text(encoding="utf-8"))
+    preds_file = snapshot / "predictions.jsonl"
+    preds = []
+    if preds_file.is_file():
+        preds = [
+            json.loads(line) for line in preds_file.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    return row, preds

@@ -40,7 +40,13 @@ if str(REPO) not in sys.path:  # `python bench/quality/run.py` as well as `-m be
     sys.path.insert(0, str(REPO))
 
 from bench.quality import baselines as bl  # noqa: E402
-from bench.quality.evidence import rationale_samples, snapshot_arm  # noqa: E402
+from bench.quality.evidence import (  # noqa: E402
+    ARM_FILE,
+    rationale_samples,
+    read_snapshot,
+    snapshot_arm,
+    snapshot_matches,
+)
 from bench.quality.report import render_results  # noqa: E402
 from bench.quality.stats import (  # noqa: E402
     bootstrap_intervals,
@@ -449,7 +455,11 @@ def collect_arm(
     files behind the numbers are copied to ``snapshot_dir/<arm>/`` and the links point there.
 
     What is done and each step's result come from ``state`` (:func:`observe_arm`: the one
-    experiment-state reader); only attempts and wall times come from ``experiment_status``."""
+    experiment-state reader); only attempts and wall times come from ``experiment_status``.
+    When the store has not finished the arm but ``snapshot_dir/<arm>/`` holds the evidence of
+    exactly its current steps (:func:`bench.quality.evidence.snapshot_matches`), the row is read
+    from there and the snapshot is left as it is (a fresh clone's empty store, or a rerun under
+    way, does not drop or overwrite a finished arm's committed evidence)."""
     from coe_controller.local import experiment_status, runs_prefix
     from coe_controller.planner import experiment_prefix
     from coe_controller.state import result_file
@@ -459,6 +469,10 @@ def collect_arm(
     spec = arm.spec
     store = get_store(spec.spec.store)
     state = state if state is not None else observe_arm(arm)
+    if snapshot_dir is not None and not state.finished:
+        kept = collect_from_snapshot(arm, state, snapshot_dir / arm.name, results_dir)
+        if kept is not None:
+            return kept
     status_rows = experiment_status(spec, store)["steps"]
     spent = {r["name"]: r.get("attempts_s") for r in status_rows}
     done = [v for v in state.steps if v.done]
@@ -474,6 +488,7 @@ def collect_arm(
         "complete": state.finished,
         "next_step": pending[0] if pending else None,
         "wall_s": round(sum(spent.get(v.name) or 0 for v in done), 1),
+        "read_from": "store",
     }
     tokens_trained = 0
     tokens_generated = 0
@@ -522,6 +537,7 @@ def collect_arm(
     erc = state.view("erc")
     if erc is not None and erc.done and erc.result:  # best.json: the best dev epoch
         out["dev"] = erc.result
+        out["dev_n"] = _dev_n(state)
         links["best"] = _rel(join(erc.step.output, result_file(erc.step)), results_dir)
     test = state.view("test")
     if test is not None and test.done:
@@ -562,10 +578,48 @@ def collect_arm(
         copied = snapshot_arm(store, dest, join(runs_prefix(spec), "spec.yaml"), state.steps, status_rows)
         links.update({k: os.path.relpath(dest / name, results_dir) for k, name in copied.items()})
         links["run_dir"] = os.path.relpath(dest, results_dir)
+        row = {k: v for k, v in out.items() if k not in ("test_ids", "_predictions")}
+        (dest / ARM_FILE).write_text(json.dumps(row, indent=2, default=str) + "\n", encoding="utf-8")
     elif snapshot_dir is not None:
         # Nothing to copy yet: no link into the store, which may be on a disk the reader lacks.
         links["run_dir"] = links["spec"] = None
     out["links"] = links
+    return out
+
+
+# Links of a row read from a snapshot: link name -> the file snapshot_arm wrote for it.
+SNAPSHOT_LINKS = {
+    "spec": "spec.yaml",
+    "steps": "steps.json",
+    "best": "erc-best.json",
+    "metrics": "metrics.json",
+    "predictions": "predictions.jsonl",
+}
+
+
+def collect_from_snapshot(arm: Arm, state: Any, snapshot: Path, results_dir: Path) -> dict[str, Any] | None:
+    """The arm's row from its committed evidence (``arm.json`` and the slim predictions), linked
+    to the snapshot's files; None unless the snapshot records exactly the current plan's steps
+    and fingerprints as succeeded."""
+    if not snapshot_matches(snapshot, state.steps):
+        return None
+    row, preds = read_snapshot(snapshot)
+    out = {**row, "read_from": "snapshot"}
+    links: dict[str, str | None] = {
+        "run_dir": os.path.relpath(snapshot, results_dir),
+        "bench_spec": os.path.relpath(arm.spec_path, results_dir),
+    }
+    links.update(
+        {
+            k: os.path.relpath(snapshot / name, results_dir)
+            for k, name in SNAPSHOT_LINKS.items()
+            if (snapshot / name).is_file()
+        }
+    )
+    out["links"] = links
+    if preds:
+        out["test_ids"] = [p["id"] for p in preds]
+        out["_predictions"] = {p["id"]: (p["gold"], p["parsed_label"]) for p in preds}
     return out
 
 
@@ -1060,6 +1114,12 @@ def build_section(
     collected = [collect_arm(a, results_dir, arm_dir, st) for a, st in zip(arms, states, strict=True)]
     test_rows, source_arm = prepared_rows(arms, "erc-test.jsonl", states)
     test_uids = [r["meta"]["uid"] for r in test_rows] if test_rows is not None else None
+    source_note = f"`{source_arm}`'s prepare step" if source_arm else None
+    if test_uids is None:  # no prepare step in this store: the test ids of an arm's committed predictions
+        kept = next((c for c in collected if c.get("test_ids")), None)
+        if kept is not None:
+            test_uids = [i.split(":", 1)[1] if ":" in i else i for i in kept["test_ids"]]
+            source_note = f"`{kept['arm']}`'s test predictions"
     note = None
     ids = [tuple(c["test_ids"]) for c in collected if c.get("test_ids")]
     if ids and any(i != ids[0] for i in ids):
@@ -1076,7 +1136,7 @@ def build_section(
     labels = next((c["test"]["labels"] for c in collected if c.get("test")), None)
     if labels is None and baselines:
         labels = list(baselines[0]["test"]["per_class"])
-    dev_n = next((_dev_n(st) for c, st in zip(collected, states, strict=True) if c.get("dev")), None)
+    dev_n = next((c["dev_n"] for c in collected if c.get("dev_n") is not None), None)
     for c in collected:
         c.pop("test_ids", None)
         c.pop("_predictions", None)
@@ -1097,11 +1157,7 @@ def build_section(
         "shared": clue_lines,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
         "test_set_note": note
-        or (
-            f"Test utterances: those of `{source_arm}`'s prepare step (every arm shares them)."
-            if source_arm
-            else None
-        ),
+        or (f"Test utterances: those of {source_note} (every arm shares them)." if source_note else None),
     }
 
 
@@ -1225,8 +1281,9 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
     for ds in names:
         datasets[ds] = load_arms(args.specs / ds, data_dir, args.store)
         check_same_budget(datasets[ds])
-    # Only the chosen datasets run, but RESULTS.md keeps every dataset that has run in this store:
-    # `--dataset emorynlp` after `--dataset meld` must not drop the MELD table.
+    # Only the chosen datasets run, but RESULTS.md keeps every dataset that has run in this store
+    # or has committed evidence: `--dataset emorynlp` after `--dataset meld` must not drop the MELD table.
+    snapshot = None if args.no_snapshot else (args.snapshot or args.results.parent / SNAPSHOT_DIR)
     shown: dict[str, list[Arm]] = {}
     for ds in DATASETS:
         if ds in datasets:
@@ -1236,7 +1293,10 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
             others = load_arms(args.specs / ds, data_dir, args.store)
         except CoEError:  # no specs or data for it here: it cannot have run from this checkout
             continue
-        if any(has_started(a) for a in others):
+        if any(
+            has_started(a) or (snapshot is not None and (snapshot / ds / a.name / ARM_FILE).is_file())
+            for a in others
+        ):
             shown[ds] = others
     full_command = " and ".join(f"`{command} --dataset {ds}`" for ds in shown) or f"`{command}`"
     baseline_cache = None
@@ -1245,7 +1305,6 @@ def main_with_args(args: argparse.Namespace, command: str = "python -m bench.qua
         baseline_cache = first.spec.spec.store.rstrip("/") + "/quality-baselines"
 
     def refresh() -> None:
-        snapshot = None if args.no_snapshot else (args.snapshot or args.results.parent / SNAPSHOT_DIR)
         refresh_results(shown, args.results, full_command, args.baseline_train, baseline_cache, snapshot)
         console.print(f"wrote {args.results}")
 

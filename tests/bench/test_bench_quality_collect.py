@@ -5,6 +5,7 @@ never an earlier spec's result or a file outside the published manifest. No data
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from coe_controller.local import runs_prefix
@@ -90,7 +91,10 @@ def test_collect_arm_reads_the_current_fingerprints_results(tmp_path, monkeypatc
     out = runner.collect_arm(arm, tmp_path / "results", tmp_path / "results" / "runs")
     assert not out["complete"] and out["next_step"] == "erc"
     assert "dev" not in out and "test" not in out
-    assert sorted(p.name for p in (tmp_path / "results" / "runs" / "erc-only").iterdir()) == ["steps.json"]
+    assert sorted(p.name for p in (tmp_path / "results" / "runs" / "erc-only").iterdir()) == [
+        "arm.json",
+        "steps.json",
+    ]
 
     for i, step in enumerate(steps[1:], 1):
         _publish(step, _files(step), tmp_path / f"w{i}")
@@ -108,10 +112,11 @@ def test_collect_arm_reads_the_current_fingerprints_results(tmp_path, monkeypatc
     assert (out["wall_s"], out["tokens_trained"], out["tokens_generated"]) == (37.0, 123, 2)
     snap = tmp_path / "results" / "runs" / "erc-only"
     assert sorted(p.name for p in snap.iterdir()) == [
-        "erc-best.json", "erc-dev-metrics-epoch-1.json", "metrics.json", "predictions.jsonl", "steps.json"]  # fmt: skip
+        "arm.json", "erc-best.json", "erc-dev-metrics-epoch-1.json", "metrics.json", "predictions.jsonl", "steps.json"]  # fmt: skip
     assert json.loads((snap / "erc-best.json").read_text())["weighted_f1"] == 40.0
     rows = json.loads((snap / "steps.json").read_text())
     assert [r["state"] for r in rows] == ["succeeded"] * 3
+    assert [r["fingerprint"] for r in rows] == [s.config.fingerprint for s in steps]
     assert [(r["attempts"], r["duration_s"], r["attempts_s"]) for r in rows[1:]] == [
         (2, 10.0, 17.0),
         (1, 20.0, 20.0),
@@ -135,3 +140,66 @@ def test_an_unpublished_prepare_gives_no_test_utterances(tmp_path):
     store.write_jsonl(join(prep.output, "erc-test.jsonl"), _rows(2, "test"))  # written, no manifest yet
     assert runner.test_utterances([arm]) == (None, None)
     assert runner._dev_n(runner.observe_arm(arm)) is None
+
+
+def _finished_arm_with_snapshot(tmp_path: Path, monkeypatch) -> tuple[runner.Arm, dict, Path]:
+    monkeypatch.setattr(runner, "count_answer_tokens", lambda texts, model: len(texts))
+    arm = _arm(tmp_path)
+    for i, step in enumerate(runner.observe_arm(arm).plan):
+        _publish(step, _files(step), tmp_path / f"w{i}")
+        _attempt(arm.spec, step, 10.0)
+    runs = tmp_path / "results" / "runs" / "demo"  # as build_section lays it out: runs/<dataset>/<arm>/
+    out = runner.collect_arm(arm, tmp_path / "results", runs)
+    assert out["complete"] and out["read_from"] == "store"
+    return arm, out, runs
+
+
+def test_an_arm_missing_from_the_store_is_read_from_its_committed_snapshot(tmp_path, monkeypatch):
+    arm, from_store, runs = _finished_arm_with_snapshot(tmp_path, monkeypatch)
+    shutil.rmtree(tmp_path / "store")  # a fresh clone: the evidence is committed, the store is not
+    out = runner.collect_arm(arm, tmp_path / "results", runs)
+    assert out["read_from"] == "snapshot" and out["complete"]
+    for key in (
+        "dev",
+        "dev_n",
+        "test",
+        "test_ci",
+        "wall_s",
+        "tokens_trained",
+        "tokens_generated",
+        "test_ids",
+    ):
+        assert out[key] == from_store[key], key
+    assert out["_predictions"] == from_store["_predictions"]
+    # (this test's store has no spec.yaml, so the store row links one the snapshot lacks)
+    assert out["links"] == {k: v for k, v in from_store["links"].items() if k != "spec"}
+    monkeypatch.setattr(
+        runner, "section_baselines", lambda *a: []
+    )  # this test's ids are not the demo split's
+    section = runner.build_section("demo", [arm], tmp_path / "results", "full", None, runs.parent)
+    (row,) = section["arms"]
+    assert row["test"]["weighted_f1"] == 41.0 and section["dev_n"] == 3
+    assert section["test_n"] == 2  # the test ids of the committed predictions ("test-0", "test-1")
+    assert "test predictions" in section["test_set_note"]
+
+
+def test_a_snapshot_of_other_settings_or_a_rerun_under_way_is_not_mistaken(tmp_path, monkeypatch):
+    arm, _, runs = _finished_arm_with_snapshot(tmp_path, monkeypatch)
+    shutil.rmtree(tmp_path / "store")
+    snap = runs / "erc-only"
+    before = {p.name: p.read_bytes() for p in snap.iterdir()}
+    # An edited spec (3 epochs): its erc and test fingerprints differ, so the evidence is not its.
+    edited = runner.collect_arm(_arm(tmp_path, epochs=3), tmp_path / "results", runs)
+    assert not edited["complete"] and "test" not in edited and edited["read_from"] == "store"
+    # The same spec rerunning in a fresh store (prepare published again, erc under way): the
+    # finished arm's evidence is shown and left as it was, not replaced by the partial run.
+    prep = runner.observe_arm(arm).plan[0]
+    _publish(prep, _files(prep), tmp_path / "again")
+    out = runner.collect_arm(arm, tmp_path / "results", runs)
+    assert out["read_from"] == "snapshot" and out["test"]["weighted_f1"] == 41.0
+    assert {p.name: p.read_bytes() for p in snap.iterdir()} == before
+    # A snapshot whose steps.json says a step failed is not evidence of a finished arm.
+    rows = json.loads((snap / "steps.json").read_text())
+    rows[-1]["state"] = "failed"
+    (snap / "steps.json").write_text(json.dumps(rows))
+    assert runner.collect_arm(arm, tmp_path / "results", runs)["read_from"] == "store"
