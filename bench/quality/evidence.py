@@ -43,6 +43,15 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
     "steer_round": ("round-*.json",),
     "clues": ("clues-summary.json",),
 }
+# RESULTS.md's link name -> the file snapshot_arm writes for it (the ERC stage's best.json and the
+# test pass's files; a train step's files carry the stage's name).
+EVIDENCE_LINKS = {
+    "spec": "spec.yaml",
+    "steps": "steps.json",
+    "best": "erc-best.json",
+    "metrics": "metrics.json",
+    "predictions": "predictions.jsonl",
+}
 STEP_ROW_KEYS = ("name", "kind", "fingerprint", "state", "attempts", "duration_s", "attempts_s", "exit_code")
 ARM_FILE = "arm.json"
 PREDICTION_KEYS = ("id", "output", "parsed_label", "gold", "parse_method", "decoding")
@@ -160,13 +169,10 @@ def snapshot_arm(
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    links: dict[str, str] = {}
     if store.exists(spec_uri):
         (tmp / "spec.yaml").write_bytes(store.read_bytes(spec_uri))
-        links["spec"] = "spec.yaml"
     rows = [{k: r.get(k) for k in STEP_ROW_KEYS} for r in status_rows]
     (tmp / "steps.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    links["steps"] = "steps.json"
     for view in views:
         step = view.step
         if not view.done or step.kind not in STEP_FILES:
@@ -180,13 +186,15 @@ def snapshot_arm(
                 (tmp / target).write_text(text, encoding="utf-8")
             else:
                 (tmp / target).write_bytes(store.read_bytes(join(step.output, name)))
-            if step.name == "erc" and name == "best.json":
-                links["best"] = target
-            elif step.kind == "generate" and name in ("metrics.json", "predictions.jsonl"):
-                links[name.split(".")[0]] = target
+    links = snapshot_links(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
     return links
+
+
+def snapshot_links(snapshot: Path) -> dict[str, str]:
+    """``{link name: file name}`` for the evidence files ``snapshot`` holds (:data:`EVIDENCE_LINKS`)."""
+    return {key: name for key, name in EVIDENCE_LINKS.items() if (snapshot / name).is_file()}
 
 
 def snapshot_matches(snapshot: Path, views: Sequence[Any]) -> bool:
@@ -209,11 +217,9 @@ def snapshot_matches(snapshot: Path, views: Sequence[Any]) -> bool:
 
 def read_snapshot(snapshot: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """An arm's row (``arm.json``) and its slim test predictions (empty when it has none)."""
+    from coe_runtime.store import get_store
+
     row = json.loads((snapshot / ARM_FILE).read_text(encoding="utf-8"))
-    preds_file = snapshot / "predictions.jsonl"
-    preds = []
-    if preds_file.is_file():
-        preds = [
-            json.loads(line) for line in preds_file.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
-    return row, preds
+    preds_uri = (snapshot / EVIDENCE_LINKS["predictions"]).resolve().as_uri()
+    store = get_store(preds_uri)
+    return row, store.read_jsonl(preds_uri) if store.exists(preds_uri) else []

@@ -45,6 +45,7 @@ from bench.quality.evidence import (  # noqa: E402
     rationale_samples,
     read_snapshot,
     snapshot_arm,
+    snapshot_links,
     snapshot_matches,
 )
 from bench.quality.report import render_results  # noqa: E402
@@ -55,6 +56,7 @@ from bench.quality.stats import (  # noqa: E402
     mcnemar,
     mde_factor,
     paired_bootstrap,
+    utterance_uid,
     with_seed_variation,
 )
 from coe_runtime.errors import CoEError, ConfigError, DataError  # noqa: E402
@@ -587,16 +589,6 @@ def collect_arm(
     return out
 
 
-# Links of a row read from a snapshot: link name -> the file snapshot_arm wrote for it.
-SNAPSHOT_LINKS = {
-    "spec": "spec.yaml",
-    "steps": "steps.json",
-    "best": "erc-best.json",
-    "metrics": "metrics.json",
-    "predictions": "predictions.jsonl",
-}
-
-
 def collect_from_snapshot(arm: Arm, state: Any, snapshot: Path, results_dir: Path) -> dict[str, Any] | None:
     """The arm's row from its committed evidence (``arm.json`` and the slim predictions), linked
     to the snapshot's files; None unless the snapshot records exactly the current plan's steps
@@ -610,11 +602,7 @@ def collect_from_snapshot(arm: Arm, state: Any, snapshot: Path, results_dir: Pat
         "bench_spec": os.path.relpath(arm.spec_path, results_dir),
     }
     links.update(
-        {
-            k: os.path.relpath(snapshot / name, results_dir)
-            for k, name in SNAPSHOT_LINKS.items()
-            if (snapshot / name).is_file()
-        }
+        {k: os.path.relpath(snapshot / name, results_dir) for k, name in snapshot_links(snapshot).items()}
     )
     out["links"] = links
     if preds:
@@ -1118,7 +1106,7 @@ def build_section(
     if test_uids is None:  # no prepare step in this store: the test ids of an arm's committed predictions
         kept = next((c for c in collected if c.get("test_ids")), None)
         if kept is not None:
-            test_uids = [i.split(":", 1)[1] if ":" in i else i for i in kept["test_ids"]]
+            test_uids = [utterance_uid(i) for i in kept["test_ids"]]
             source_note = f"`{kept['arm']}`'s test predictions"
     note = None
     ids = [tuple(c["test_ids"]) for c in collected if c.get("test_ids")]

@@ -144,11 +144,17 @@ def bootstrap_intervals(
 _UTTERANCE_SUFFIX = re.compile(r"^(.+?)[-_]u\d+$")
 
 
+def utterance_uid(example_id: str) -> str:
+    """The utterance id inside an example id (``erc:meld-test-d3-u5`` -> ``meld-test-d3-u5``, the
+    prepared rows' ``meta.uid``); an id without a task prefix is returned as it is."""
+    return example_id.split(":", 1)[1] if ":" in example_id else example_id
+
+
 def dialogue_of(example_id: str) -> str:
     """The dialogue an utterance id belongs to, read from the id itself (a fallback for when the
     prepared test file does not say): ``erc:meld-test-d3-u5`` -> ``meld-test-d3``,
     ``s01_e15_c01_u001`` -> ``s01_e15_c01``. An id without an utterance suffix is its own dialogue."""
-    uid = example_id.split(":", 1)[1] if ":" in example_id else example_id
+    uid = utterance_uid(example_id)
     match = _UTTERANCE_SUFFIX.match(uid)
     return match.group(1) if match else uid
 
